@@ -1,0 +1,1 @@
+"""The generic subscriber: reads an HTTP event feed into a read model."""

@@ -1,0 +1,45 @@
+"""Environment variables that configure a subscriber run.
+
+This module is the single list of names: the subscriber reads them, the
+operator renders them into the CronJob/Deployment pod spec, and `feedline dev`
+passes them to local processes. Every `feedline subscribe` flag has one.
+"""
+
+from typing import Final
+
+SUBSCRIPTION: Final = "FEEDLINE_SUBSCRIPTION"
+FEED_URL: Final = "FEEDLINE_FEED_URL"
+EVENT_TYPES: Final = "FEEDLINE_EVENT_TYPES"  # comma-separated event names
+FEED_AUTH: Final = "FEEDLINE_FEED_AUTH"  # none | token | serviceaccount
+FEED_TOKEN_FILE: Final = (
+    "FEEDLINE_FEED_TOKEN_FILE"  # bearer token file (Secret or projected SA token)
+)
+DATABASE_URL: Final = "FEEDLINE_DATABASE_URL"  # read-model DSN: postgresql://... or sqlite:///...
+PROJECTION: Final = "FEEDLINE_PROJECTION"  # package.module:function
+BATCH_SIZE: Final = "FEEDLINE_BATCH_SIZE"
+MAX_EVENTS_PER_RUN: Final = "FEEDLINE_MAX_EVENTS_PER_RUN"
+START_POSITION: Final = "FEEDLINE_START_POSITION"  # Beginning | Head | <sequence number>
+ON_POISON_EVENT: Final = "FEEDLINE_ON_POISON_EVENT"  # DeadLetter | Halt
+RETRY_MAX_ATTEMPTS: Final = "FEEDLINE_RETRY_MAX_ATTEMPTS"
+RETRY_BACKOFF_SECONDS: Final = "FEEDLINE_RETRY_BACKOFF_SECONDS"
+REPLAY_TOKEN: Final = "FEEDLINE_REPLAY_TOKEN"
+REPLAY_FROM_SEQUENCE: Final = "FEEDLINE_REPLAY_FROM_SEQUENCE"
+FOLLOW: Final = "FEEDLINE_FOLLOW"  # "true" runs as a follower (long-polls, never stops)
+STATUS_PORT: Final = "FEEDLINE_STATUS_PORT"  # follow mode: serves the latest summary and health
+TERMINATION_LOG: Final = "FEEDLINE_TERMINATION_LOG"  # default /dev/termination-log
+
+DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
+
+# Added with the subscriber itself (same rules: the operator may render them).
+FEED_WAIT_SECONDS: Final = "FEEDLINE_FEED_WAIT_SECONDS"  # follow mode: long-poll seconds (0..30)
+FEED_RETRY_ATTEMPTS: Final = "FEEDLINE_FEED_RETRY_ATTEMPTS"  # transient feed errors: retries
+UPSERT_KEY_FIELD: Final = "FEEDLINE_UPSERT_KEY_FIELD"  # projections.upsert: the content key field
+UPSERT_DELETE_EVENTS: Final = (
+    "FEEDLINE_UPSERT_DELETE_EVENTS"  # projections.upsert: names that delete
+)
+
+# Tests only: never rendered by the operator. Makes the process SIGKILL itself
+# at a chosen point of a chosen batch (see feedline_subscriber.faults).
+FAULT_INJECTION: Final = "FEEDLINE_SUBSCRIBER_FAULT"
+
+DEFAULT_SERVICEACCOUNT_TOKEN_FILE: Final = "/var/run/secrets/feedline/token"

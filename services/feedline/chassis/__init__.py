@@ -1,0 +1,1 @@
+"""The service chassis: what every Feedline service gets without code of its own."""

@@ -1,0 +1,127 @@
+"""Who may read a feed: none, a static bearer token, or a Kubernetes ServiceAccount token.
+
+``kubernetes`` mode checks the caller's projected ServiceAccount token with the
+API server's TokenReview (audience ``feedline``), using the service's own
+ServiceAccount token to ask. Positive answers are cached briefly so a busy
+subscriber does not cost a TokenReview per page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ssl
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import structlog
+from fastapi import HTTPException, Request
+
+from feedline.chassis.settings import AuthMode, ServiceSettings
+
+log = structlog.get_logger("feedline.auth")
+
+TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="feedline"'})
+
+
+def bearer_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("this feed needs an Authorization: Bearer token")
+    return token.strip()
+
+
+class FeedAuthorizer(Protocol):
+    async def __call__(self, request: Request) -> None: ...
+
+
+class AllowAnyone:
+    async def __call__(self, request: Request) -> None:
+        return None
+
+
+class StaticToken:
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def __call__(self, request: Request) -> None:
+        if not hmac.compare_digest(bearer_token(request).encode(), self._token):
+            raise _unauthorized("the bearer token is not valid for this feed")
+
+
+class KubernetesTokenReview:
+    """Accepts tokens that the API server's TokenReview authenticates for ``audience``."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        own_token_file: Path,
+        audience: str,
+        cache_seconds: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._own_token_file = own_token_file
+        self._audience = audience
+        self._cache_seconds = cache_seconds
+        self._accepted_until: dict[str, float] = {}
+
+    async def review(self, token: str) -> dict[str, Any]:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [self._audience]},
+        }
+        # Re-read every time: the kubelet rotates projected tokens.
+        own_token = self._own_token_file.read_text().strip()
+        response = await self._client.post(
+            TOKEN_REVIEW_PATH, json=body, headers={"Authorization": f"Bearer {own_token}"}
+        )
+        response.raise_for_status()
+        status: dict[str, Any] = response.json().get("status", {})
+        return status
+
+    async def __call__(self, request: Request) -> None:
+        token = bearer_token(request)
+        key = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        if self._accepted_until.get(key, 0.0) > now:
+            return
+        try:
+            status = await self.review(token)
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("token review failed", error=str(exc))
+            raise HTTPException(503, "cannot check the token: TokenReview failed") from exc
+        if not status.get("authenticated") or self._audience not in status.get("audiences", []):
+            raise _unauthorized(
+                f"the ServiceAccount token was not accepted for audience {self._audience!r}"
+            )
+        self._accepted_until[key] = now + self._cache_seconds
+
+
+def create_authorizer(settings: ServiceSettings) -> tuple[FeedAuthorizer, httpx.AsyncClient | None]:
+    """The authorizer for the configured mode, and a client to close at shutdown."""
+    if settings.feed_auth is AuthMode.NONE:
+        return AllowAnyone(), None
+    if settings.feed_auth is AuthMode.TOKEN:
+        token = settings.resolved_feed_token()
+        if not token:
+            raise ValueError(
+                "FEEDLINE_FEED_AUTH=token needs FEEDLINE_FEED_TOKEN or FEEDLINE_FEED_TOKEN_FILE"
+            )
+        return StaticToken(token), None
+    verify: ssl.SSLContext | bool = True
+    if settings.kubernetes_ca_file and settings.kubernetes_ca_file.exists():
+        verify = ssl.create_default_context(cafile=str(settings.kubernetes_ca_file))
+    client = httpx.AsyncClient(base_url=settings.kubernetes_api_url, verify=verify, timeout=10)
+    return (
+        KubernetesTokenReview(
+            client, settings.kubernetes_token_file, settings.token_review_audience
+        ),
+        client,
+    )

@@ -1,0 +1,1 @@
+"""The book's example services, each built on the chassis."""

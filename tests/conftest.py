@@ -1,0 +1,55 @@
+"""Fixtures shared by every tier: a PostgreSQL server and per-test databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tests.support.postgres import throwaway_postgres
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database (``postgres``)."""
+    external = os.environ.get("FEEDLINE_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with throwaway_postgres() as server:
+        yield server.url()
+
+
+@pytest.fixture
+async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(postgres_server_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'feedline.db'}"
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Run a test once on PostgreSQL and once on SQLite."""
+    fixture = "postgres_url" if request.param == "postgresql" else "sqlite_url"
+    return str(request.getfixturevalue(fixture))

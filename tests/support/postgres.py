@@ -1,0 +1,160 @@
+"""A throwaway PostgreSQL server for integration tests and benchmarks.
+
+Started from the machine's own PostgreSQL binaries (initdb + postgres) on a
+free loopback port with its data in a temporary folder, or taken from
+``FEEDLINE_TEST_DATABASE_URL`` when that names an existing server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTALL_HINT = (
+    "PostgreSQL server binaries (initdb, postgres) were not found. Install them with "
+    "`apt-get install postgresql` (Debian) or point FEEDLINE_TEST_DATABASE_URL at a server."
+)
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    host: str
+    port: int
+    user: str
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+
+def find_bin_dir() -> Path:
+    """The folder holding initdb and postgres, newest major version first."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("postgres"):
+        return Path(on_path).parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name),
+        reverse=True,
+    )
+    for candidate in candidates:
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    raise RuntimeError(INSTALL_HINT)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_postgres_user() -> list[str]:
+    # The server refuses to run as root; as root we switch to the `postgres` account.
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise RuntimeError(
+            "running as root but there is no `postgres` user to run the server"
+        ) from exc
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited early:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"postgres did not accept connections in {timeout}s:\n{log.read_text()[-3000:]}"
+    )
+
+
+@contextlib.contextmanager
+def throwaway_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """Run a private PostgreSQL server for the duration of the block.
+
+    ``durable=False`` turns off fsync and friends: tests need isolation, not
+    crash durability. Benchmarks pass ``durable=True`` so their ratios mean what
+    they say.
+    """
+    bin_dir = find_bin_dir()
+    prefix = _as_postgres_user()
+    workdir = Path(tempfile.mkdtemp(prefix="feedline-pg-"))
+    data, sockets, log = workdir / "data", workdir / "sockets", workdir / "server.log"
+    sockets.mkdir()
+    if prefix:
+        shutil.chown(workdir, "postgres")
+        shutil.chown(sockets, "postgres")
+    os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach its data dir
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    settings = ["-c", "max_connections=200"]
+    if not durable:
+        settings += [
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                *prefix,
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(sockets),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                *settings,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_ready(port, proc, log)
+        yield PostgresServer(host="127.0.0.1", port=port, user="postgres")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""Run real Feedline services as processes on loopback, as a user would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from tests.support.postgres import free_port
+
+FEEDLINE = str(Path(sys.executable).with_name("feedline"))
+
+
+def wait_until_ready(
+    base_url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"service exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/health/ready", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"service not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def running_service(name: str, database_url: str, **env: str) -> Iterator[str]:
+    """Start ``feedline serve NAME`` on a free loopback port; yield its base URL.
+
+    Extra keyword arguments become environment variables (``FEEDLINE_...``).
+    """
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    log_dir = Path(tempfile.mkdtemp(prefix=f"feedline-{name}-"))
+    log = log_dir / "service.log"
+    environment = {**os.environ, **env, "FEEDLINE_HTTP_CACHE_DIR": str(log_dir)}
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [FEEDLINE, "serve", name, "--port", str(port), "--database-url", database_url],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    try:
+        wait_until_ready(base_url, proc, log)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
