@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.requests import HTTPConnection
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.types import Scope
 
 
 class ServiceMetrics:
@@ -31,10 +30,10 @@ class ServiceMetrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def route_template(request: HTTPConnection) -> str:
-    """The route's path template, so metrics don't get one series per id."""
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", request.url.path))
-    return "unmatched"
+def route_template(scope: Scope) -> str:
+    """The matched route's path template, so metrics don't get one series per id.
+
+    The router records the route it matched in the (shared) scope.
+    """
+    route = scope.get("route")
+    return str(getattr(route, "path", "unmatched"))

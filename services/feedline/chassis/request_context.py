@@ -50,7 +50,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_ids)
         finally:
             elapsed = time.perf_counter() - started
-            route = route_template(connection)
+            route = route_template(scope)
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)

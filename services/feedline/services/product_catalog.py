@@ -14,7 +14,8 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, Text, func,
 
 from feedline.chassis.app import ContextDep, ServiceContext, ServiceDefinition
 from feedline.chassis.caching import cached_json
-from feedline.chassis.problems import PROBLEM_SCHEMA
+from feedline.chassis.problems import PROBLEM_SCHEMA, problem
+from feedline.services.common import MAX_ID
 
 MAX_IDS_PER_QUERY = 100
 DEMO_PRODUCT_COUNT = 100
@@ -54,12 +55,19 @@ async def get_products(
         str,
         Query(
             alias="productIds",
-            pattern=r"^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17}){0,99}$",
+            pattern=r"^[1-9][0-9]{0,18}(,[1-9][0-9]{0,18}){0,99}$",
             description=f"comma-separated product ids (1 to {MAX_IDS_PER_QUERY})",
         ),
     ],
 ) -> Response:
     wanted = sorted({int(part) for part in product_ids.split(",")})
+    if wanted[-1] > MAX_ID:
+        return problem(
+            400,
+            "Invalid request",
+            f"query parameter 'productIds': ids are at most {MAX_ID}, got {wanted[-1]}",
+            errors=[{"in": "query", "name": "productIds", "message": "id too large"}],
+        )
     async with context.database.engine.connect() as connection:
         rows = (
             await connection.execute(

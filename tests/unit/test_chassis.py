@@ -1,0 +1,214 @@
+"""Pure pieces of the chassis: URL parsing, trace context, page encoding, auth."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fastapi import HTTPException
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from feedline.chassis.auth import KubernetesTokenReview, StaticToken, create_authorizer
+from feedline.chassis.database import DatabaseUrlError, parse_database_url
+from feedline.chassis.eventstore import StoredEvent, encode_page, rfc3339
+from feedline.chassis.feed import _matches
+from feedline.chassis.settings import AuthMode, ServiceSettings
+from feedline.chassis.tracing import continue_or_start, parse_traceparent
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("url", "dialect", "driver"),
+    [
+        ("postgresql://u@localhost:5432/db", "postgresql", "postgresql+asyncpg"),
+        ("postgres://u:p@h/db", "postgresql", "postgresql+asyncpg"),
+        ("sqlite:///tmp/x.db", "sqlite", "sqlite+aiosqlite"),
+        ("sqlite:////abs/x.db", "sqlite", "sqlite+aiosqlite"),
+    ],
+)
+def test_database_urls_pick_the_async_driver(url: str, dialect: str, driver: str) -> None:
+    parsed = parse_database_url(url)
+    assert parsed.dialect == dialect
+    assert parsed.sqlalchemy_url.drivername == driver
+
+
+def test_asyncpg_dsn_keeps_the_password() -> None:
+    assert parse_database_url("postgresql://u:p@h:1/db").asyncpg_dsn == "postgresql://u:p@h:1/db"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://h/db", "unsupported database URL scheme 'mysql'"),
+        ("sqlite://", "needs a file path"),
+        ("sqlite:///:memory:", "needs a file path"),
+        ("postgresql://h", "names no database"),
+        ("not a url", "invalid database URL"),
+    ],
+)
+def test_unusable_database_urls_say_what_is_accepted(url: str, says: str) -> None:
+    with pytest.raises(DatabaseUrlError) as error:
+        parse_database_url(url)
+    assert says in str(error.value)
+    assert "postgresql://" in str(error.value)
+    assert "sqlite:///" in str(error.value)
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEEDLINE_DATABASE_URL", "sqlite:///env.db")
+    monkeypatch.setenv("FEEDLINE_FEED_AUTH", "token")
+    settings = ServiceSettings()
+    assert settings.database_url == "sqlite:///env.db"
+    assert settings.feed_auth is AuthMode.TOKEN
+
+
+def test_bad_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEEDLINE_FEED_AUTH", "password")
+    with pytest.raises(ValidationError) as error:
+        ServiceSettings()
+    assert "feed_auth" in str(error.value)
+    assert "'none', 'token' or 'kubernetes'" in str(error.value)
+
+
+def test_traceparent_is_continued_as_a_child_span() -> None:
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    context = continue_or_start(parent)
+    assert context.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert context.span_id != "00f067aa0ba902b7"
+    assert context.traceparent.startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+    ],
+)
+def test_invalid_traceparents_start_a_new_trace(header: str | None) -> None:
+    assert parse_traceparent(header) is None
+    assert len(continue_or_start(header).trace_id) == 32
+
+
+def test_encoded_page_is_valid_json_with_content_spliced_in() -> None:
+    moment = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
+    events = [
+        StoredEvent(1, moment, 'Quote"d', orjson.dumps({"a": [1, "ü"]})),
+        StoredEvent(2, moment.replace(tzinfo=None), "B", b"{}"),
+    ]
+    decoded = json.loads(encode_page(events))
+    assert decoded == [
+        {
+            "sequenceNumber": 1,
+            "occurredAt": "2026-01-02T03:04:05.006000Z",
+            "name": 'Quote"d',
+            "content": {"a": [1, "ü"]},
+        },
+        {
+            "sequenceNumber": 2,
+            "occurredAt": "2026-01-02T03:04:05.006000Z",
+            "name": "B",
+            "content": {},
+        },
+    ]
+    assert encode_page([]) == b"[]"
+    assert rfc3339(moment).endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("header", "matches"),
+    [
+        ('"abc"', True),
+        ('W/"abc"', True),
+        ('"x", "abc"', True),
+        ("*", True),
+        ('"abd"', False),
+        (None, False),
+    ],
+)
+def test_if_none_match(header: str | None, matches: bool) -> None:
+    assert _matches(header, '"abc"') is matches
+
+
+def request_with(authorization: str | None) -> Request:
+    headers = [(b"authorization", authorization.encode())] if authorization else []
+    return Request({"type": "http", "headers": headers, "method": "GET", "path": "/events"})
+
+
+async def test_static_token_accepts_only_that_token() -> None:
+    check = StaticToken("s3cret")
+    await check(request_with("Bearer s3cret"))
+    for bad in (None, "Bearer other", "Basic s3cret", "Bearer "):
+        with pytest.raises(HTTPException) as error:
+            await check(request_with(bad))
+        assert error.value.status_code == 401
+
+
+def test_token_mode_without_a_token_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="FEEDLINE_FEED_TOKEN"):
+        create_authorizer(ServiceSettings(feed_auth=AuthMode.TOKEN))
+
+
+def fake_token_review(
+    authenticated: bool, audiences: list[str], seen: list[dict[str, object]]
+) -> httpx.MockTransport:
+    """A stand-in for the API server's TokenReview endpoint."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/apis/authentication.k8s.io/v1/tokenreviews"
+        assert request.headers["Authorization"] == "Bearer own-sa-token"
+        body = json.loads(request.content)
+        seen.append(body)
+        return httpx.Response(
+            201,
+            json={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "status": {
+                    "authenticated": authenticated,
+                    "audiences": audiences,
+                    "user": {"username": "system:serviceaccount:shop:subscriber"},
+                },
+            },
+        )
+
+    return httpx.MockTransport(answer)
+
+
+async def test_token_review_accepts_a_token_for_the_feedline_audience(tmp_path: Path) -> None:
+    own = tmp_path / "token"
+    own.write_text("own-sa-token\n")
+    seen: list[dict[str, object]] = []
+    client = httpx.AsyncClient(
+        base_url="https://api", transport=fake_token_review(True, ["feedline"], seen)
+    )
+    check = KubernetesTokenReview(client, own, "feedline")
+    await check(request_with("Bearer caller-token"))
+    await check(request_with("Bearer caller-token"))  # cached: no second review
+    assert len(seen) == 1
+    assert seen[0]["spec"] == {"token": "caller-token", "audiences": ["feedline"]}
+
+
+@pytest.mark.parametrize(("authenticated", "audiences"), [(False, []), (True, ["other"])])
+async def test_token_review_rejects_unauthenticated_or_wrong_audience(
+    tmp_path: Path, authenticated: bool, audiences: list[str]
+) -> None:
+    own = tmp_path / "token"
+    own.write_text("own-sa-token")
+    client = httpx.AsyncClient(
+        base_url="https://api", transport=fake_token_review(authenticated, audiences, [])
+    )
+    check = KubernetesTokenReview(client, own, "feedline")
+    with pytest.raises(HTTPException) as error:
+        await check(request_with("Bearer caller-token"))
+    assert error.value.status_code == 401
