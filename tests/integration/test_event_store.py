@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -39,7 +40,9 @@ async def test_a_failed_command_leaves_neither_data_nor_events(database_url: str
             await failing_command()
         async with store.transaction() as connection:
             await connection.execute(offers.insert().values(description="done"))
-            numbers = await store.append(connection, [NewEvent("A"), NewEvent("B")])
+            numbers = await store.append(
+                connection, [NewEvent("A"), NewEvent('Quote"d', {"text": 'ü \\ "x"', "n": [1]})]
+            )
         assert numbers == [1, 2]
         async with database.engine.connect() as connection:
             count = (await connection.execute(select(func.count()).select_from(offers))).scalar()
@@ -47,8 +50,14 @@ async def test_a_failed_command_leaves_neither_data_nor_events(database_url: str
         page = await store.read_page(1, None, 100, None)
         assert [(event.sequence_number, event.name) for event in page.events] == [
             (1, "A"),
-            (2, "B"),
+            (2, 'Quote"d'),
         ]
+        second = page.events[1].as_dict
+        assert second["name"] == 'Quote"d'
+        assert second["content"] == {"text": 'ü \\ "x"', "n": [1]}
+        occurred_at = datetime.fromisoformat(second["occurredAt"])
+        assert second["occurredAt"].endswith("Z")
+        assert abs(occurred_at - datetime.now(UTC)) < timedelta(minutes=1)
     finally:
         await database.dispose()
 

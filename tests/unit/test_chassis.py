@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 from fastapi import HTTPException
 from pydantic import ValidationError
@@ -15,7 +13,6 @@ from starlette.requests import Request
 
 from feedline.chassis.auth import KubernetesTokenReview, StaticToken, create_authorizer
 from feedline.chassis.database import DatabaseUrlError, parse_database_url
-from feedline.chassis.eventstore import StoredEvent, encode_page, rfc3339
 from feedline.chassis.feed import _matches
 from feedline.chassis.settings import AuthMode, ServiceSettings
 from feedline.chassis.tracing import continue_or_start, parse_traceparent
@@ -98,31 +95,6 @@ def test_traceparent_is_continued_as_a_child_span() -> None:
 def test_invalid_traceparents_start_a_new_trace(header: str | None) -> None:
     assert parse_traceparent(header) is None
     assert len(continue_or_start(header).trace_id) == 32
-
-
-def test_encoded_page_is_valid_json_with_content_spliced_in() -> None:
-    moment = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
-    events = [
-        StoredEvent(1, moment, 'Quote"d', orjson.dumps({"a": [1, "ü"]})),
-        StoredEvent(2, moment.replace(tzinfo=None), "B", b"{}"),
-    ]
-    decoded = json.loads(encode_page(events))
-    assert decoded == [
-        {
-            "sequenceNumber": 1,
-            "occurredAt": "2026-01-02T03:04:05.006000Z",
-            "name": 'Quote"d',
-            "content": {"a": [1, "ü"]},
-        },
-        {
-            "sequenceNumber": 2,
-            "occurredAt": "2026-01-02T03:04:05.006000Z",
-            "name": "B",
-            "content": {},
-        },
-    ]
-    assert encode_page([]) == b"[]"
-    assert rfc3339(moment).endswith("Z")
 
 
 @pytest.mark.parametrize(

