@@ -1,0 +1,102 @@
+"""`feedline operator`: run the EventSubscription operator."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from feedline_operator.builders import ChildDefaults
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    plain = "plain"
+
+
+def operator(
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace",
+            "-n",
+            envvar="FEEDLINE_OPERATOR_NAMESPACES",
+            help="Watch this namespace (repeatable). Needs --all-namespaces otherwise.",
+        ),
+    ] = None,
+    all_namespaces: Annotated[
+        bool,
+        typer.Option("--all-namespaces", "-A", help="Watch EventSubscriptions in every namespace."),
+    ] = False,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KUBECONFIG",
+            help="Kubeconfig file; default: in-cluster credentials, else ~/.kube/config.",
+        ),
+    ] = None,
+    subscriber_image: Annotated[
+        str,
+        typer.Option(
+            envvar="FEEDLINE_SUBSCRIBER_IMAGE",
+            help="Image of subscriber pods whose spec.subscriber.image is unset.",
+        ),
+    ] = ChildDefaults.subscriber_image,
+    image_pull_policy: Annotated[
+        str,
+        typer.Option(
+            envvar="FEEDLINE_SUBSCRIBER_IMAGE_PULL_POLICY", help="Always, IfNotPresent or Never."
+        ),
+    ] = ChildDefaults.image_pull_policy,
+    health_port: Annotated[
+        int, typer.Option(help="Port of the liveness endpoint /healthz (0: off).", min=0, max=65535)
+    ] = 8080,
+    metrics_port: Annotated[
+        int, typer.Option(help="Port of Prometheus /metrics (0: off).", min=0, max=65535)
+    ] = 9090,
+    resync_seconds: Annotated[
+        float, typer.Option(help="Reconcile every subscription at least this often.", min=1)
+    ] = 60.0,
+    workers: Annotated[int, typer.Option(help="Handler threads.", min=1, max=256)] = 8,
+    log_format: Annotated[LogFormat, typer.Option(help="json or plain.")] = LogFormat.json,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    """Run the kopf operator that turns EventSubscriptions into CronJobs or Deployments."""
+    if image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+        raise typer.BadParameter(
+            f"{image_pull_policy!r}: use Always, IfNotPresent or Never",
+            param_hint="--image-pull-policy",
+        )
+    if not namespace and not all_namespaces:
+        raise typer.BadParameter(
+            "name the namespaces to watch, or use --all-namespaces", param_hint="--namespace"
+        )
+    if namespace and all_namespaces:
+        raise typer.BadParameter(
+            "use either --namespace or --all-namespaces", param_hint="--all-namespaces"
+        )
+    # kopf is imported here: `feedline --help` and other subcommands stay fast.
+    import kopf
+
+    from feedline_operator.config import OperatorConfig
+    from feedline_operator.runtime import run_operator
+
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format is LogFormat.json else kopf.LogFormat.PLAIN,
+    )
+    config = OperatorConfig(
+        kubeconfig=kubeconfig,
+        namespaces=tuple(namespace or ()),
+        all_namespaces=all_namespaces,
+        defaults=ChildDefaults(
+            subscriber_image=subscriber_image, image_pull_policy=image_pull_policy
+        ),
+        health_port=health_port,
+        metrics_port=metrics_port,
+        resync_seconds=resync_seconds,
+        workers=workers,
+    )
+    asyncio.run(run_operator(config))

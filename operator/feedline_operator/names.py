@@ -1,0 +1,43 @@
+"""Names shared by the CRD, the builders and the handlers: one place to change them."""
+
+import posixpath
+from typing import Final
+
+from feedline_subscriber import environment
+
+GROUP: Final = "feedline.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "EventSubscription"
+PLURAL: Final = "eventsubscriptions"
+
+# Every child carries these; the operator watches its children through them.
+MANAGED_BY: Final = "feedline-operator"
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_VERSION: Final = "app.kubernetes.io/version"
+# The owning subscription's name, on children and their pods.
+LABEL_SUBSCRIPTION: Final = f"{GROUP}/subscription"
+SUBSCRIBER_APP: Final = "feedline-subscriber"
+SUBSCRIBER_COMPONENT: Final = "subscriber"
+
+# Set it (to any value, e.g. a timestamp) to start a Job from the CronJob now.
+ANNOTATION_RUN_NOW: Final = f"{GROUP}/run-now"
+# On run-now Jobs: which run-now request made them.
+ANNOTATION_RUN_NOW_REQUEST: Final = f"{GROUP}/run-now-request"
+# kopf keeps its bookkeeping under our group instead of kopf.zalando.org.
+KOPF_PREFIX: Final = GROUP
+FINALIZER: Final = f"{GROUP}/operator"
+
+CONTAINER_NAME: Final = "subscriber"
+SUBSCRIBE_COMMAND: Final = ("feedline", "subscribe")
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+# The feed token (a Secret key or a projected ServiceAccount token) is mounted
+# where the subscriber looks by default: FEED_TOKEN_DIR/FEED_TOKEN_FILE.
+FEED_TOKEN_DIR: Final = posixpath.dirname(environment.DEFAULT_SERVICEACCOUNT_TOKEN_FILE)
+FEED_TOKEN_FILE: Final = posixpath.basename(environment.DEFAULT_SERVICEACCOUNT_TOKEN_FILE)
+FEED_TOKEN_AUDIENCE: Final = "feedline"
+STATUS_PORT: Final = 8080

@@ -1,0 +1,142 @@
+"""The CRD file: explicit schema, printer columns, and defaults that match the model."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from croniter import croniter
+
+from feedline_operator.builders import RENDERED_ENV
+from feedline_operator.spec import EventSubscriptionSpec
+from tests.support.operator_fixtures import crd, crd_schema
+
+pytestmark = pytest.mark.unit
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        found.append((path, node))
+        for key, value in node.items():
+            found += _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _walk(value, f"{path}[{index}]")
+    return found
+
+
+def test_names_scope_and_subresources() -> None:
+    doc = crd()
+    assert doc["metadata"]["name"] == "eventsubscriptions.feedline.dev"
+    spec = doc["spec"]
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["shortNames"] == ["evsub"]
+    assert "feedline" in spec["names"]["categories"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1"
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns() -> None:
+    columns = {
+        c["name"]: c["jsonPath"] for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
+    assert list(columns) == ["Feed", "Mode", "Schedule", "Position", "Lag", "Ready", "Age"]
+    assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
+
+
+def test_schema_is_explicit() -> None:
+    for path, node in _walk(crd_schema()):
+        assert "x-kubernetes-preserve-unknown-fields" not in node, path
+
+
+def test_every_rule_has_a_message() -> None:
+    rules = [r for _, node in _walk(crd_schema()) for r in node.get("x-kubernetes-validations", [])]
+    assert len(rules) >= 10
+    assert all(r.get("message") for r in rules)
+
+
+def _defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: prop["default"]
+        for key, prop in schema.get("properties", {}).items()
+        if "default" in prop
+    }
+
+
+def test_model_defaults_match_the_crd_defaults() -> None:
+    """The typed model reads manifests from disk too: same defaults as the API server."""
+    spec_schema = crd_schema()["properties"]["spec"]
+    model = EventSubscriptionSpec.model_validate(
+        {
+            "feed": {"url": "http://x/events"},
+            "readModel": {"databaseSecretRef": {"name": "a", "key": "b"}, "projection": "m:f"},
+        }
+    ).model_dump(by_alias=True)
+    for key, value in _defaults(spec_schema).items():
+        if value == {}:
+            nested = _defaults(spec_schema["properties"][key])
+            assert {k: model[key][k] for k in nested} == nested, key
+        else:
+            assert model[key] == value, key
+    retry_defaults = _defaults(spec_schema["properties"]["retry"])
+    assert retry_defaults == {"maxAttempts": 3, "backoffSeconds": 1}
+    assert model["replay"]["fromSequence"] == 0
+
+
+def _schedule_regex() -> re.Pattern[str]:
+    rule = crd_schema()["properties"]["spec"]["properties"]["schedule"]["x-kubernetes-validations"][
+        0
+    ]["rule"]
+    pattern = re.fullmatch(r"self\.matches\('(.*)'\)", rule.strip())
+    assert pattern is not None
+    # RE2 allows (?i) after ^; Python wants global flags first.
+    return re.compile(pattern.group(1).replace("^(?i)", "(?i)^"))
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "*/5 * * * *",
+        "0 0 1 1 *",
+        "@hourly",
+        "@daily",
+        "0 9 * * MON-FRI",
+        "0 0 ? * sun",
+        "5,10,15 1-3 */2 jan-mar 0",
+        "59 23 31 12 7",
+    ],
+)
+def test_cron_rule_accepts(schedule: str) -> None:
+    assert _schedule_regex().match(schedule)
+    if not schedule.startswith("@") and "?" not in schedule:
+        assert croniter.is_valid(schedule)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "",
+        "* * * *",
+        "* * * * * *",
+        "60 * * * *",
+        "0 24 * * *",
+        "0 0 32 * *",
+        "0 0 * 13 *",
+        "0 0 * * 8",
+        "TZ=UTC 0 0 * * *",
+        "@every 5m",
+        "hourly",
+        "a b c d e",
+    ],
+)
+def test_cron_rule_rejects(schedule: str) -> None:
+    assert not _schedule_regex().match(schedule)
+
+
+def test_extra_env_rule_lists_exactly_the_rendered_variables() -> None:
+    env_item = crd_schema()["properties"]["spec"]["properties"]["subscriber"]["properties"]["env"]
+    (rule,) = env_item["items"]["x-kubernetes-validations"]
+    assert re.findall(r"'([A-Z_]+)'", rule["rule"]) == list(RENDERED_ENV)
