@@ -71,12 +71,19 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"]
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+def _wait_ready(
+    bin_dir: Path, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30
+) -> None:
+    # An open port is not enough: during start-up the server answers "the
+    # database system is starting up". pg_isready says when it takes sessions.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"postgres exited early:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        ready = subprocess.run(
+            [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)], check=False
+        )
+        if ready.returncode == 0:
             return
         time.sleep(0.05)
     raise RuntimeError(
@@ -148,7 +155,7 @@ def throwaway_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_ready(port, proc, log)
+        _wait_ready(bin_dir, port, proc, log)
         yield PostgresServer(host="127.0.0.1", port=port, user="postgres")
     finally:
         proc.terminate()

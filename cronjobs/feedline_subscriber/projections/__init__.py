@@ -1,0 +1,1 @@
+"""Built-in projections (docs/subscriber.md lists their import paths and tables)."""

@@ -1,0 +1,249 @@
+"""Settings of one subscriber run, read from the environment by pydantic-settings.
+
+Every field reads exactly one name from :mod:`feedline_subscriber.environment`
+(the operator renders those) and has one ``feedline subscribe`` flag; the CLI
+passes the flags it was given as keyword arguments, which win over the
+environment. Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from feedline.chassis.database import DatabaseUrlError, parse_database_url
+from feedline_subscriber import environment as env
+
+MAX_PAGE_SIZE = 10_000  # the feed protocol's largest `limit`
+MAX_WAIT_SECONDS = 30.0  # the feed protocol's largest `wait`
+SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+
+
+class FeedAuth(StrEnum):
+    NONE = "none"
+    TOKEN = "token"  # a static bearer token read from a file (a mounted Secret)
+    SERVICEACCOUNT = "serviceaccount"  # a projected ServiceAccount token (audience feedline)
+
+
+class PoisonPolicy(StrEnum):
+    DEAD_LETTER = "DeadLetter"
+    HALT = "Halt"
+
+
+StartPosition = Literal["Beginning", "Head"] | int
+
+# field name -> (flag, environment variable): error messages name both.
+FLAGS: dict[str, tuple[str, str]] = {
+    "subscription": ("--subscription", env.SUBSCRIPTION),
+    "feed_url": ("--feed-url", env.FEED_URL),
+    "event_types": ("--event-types", env.EVENT_TYPES),
+    "feed_auth": ("--feed-auth", env.FEED_AUTH),
+    "feed_token_file": ("--feed-token-file", env.FEED_TOKEN_FILE),
+    "database_url": ("--database-url", env.DATABASE_URL),
+    "projection": ("--projection", env.PROJECTION),
+    "batch_size": ("--batch-size", env.BATCH_SIZE),
+    "max_events_per_run": ("--max-events-per-run", env.MAX_EVENTS_PER_RUN),
+    "start_position": ("--start-position", env.START_POSITION),
+    "on_poison_event": ("--on-poison-event", env.ON_POISON_EVENT),
+    "retry_max_attempts": ("--retry-max-attempts", env.RETRY_MAX_ATTEMPTS),
+    "retry_backoff_seconds": ("--retry-backoff-seconds", env.RETRY_BACKOFF_SECONDS),
+    "replay_token": ("--replay-token", env.REPLAY_TOKEN),
+    "replay_from_sequence": ("--replay-from-sequence", env.REPLAY_FROM_SEQUENCE),
+    "follow": ("--follow", env.FOLLOW),
+    "status_port": ("--status-port", env.STATUS_PORT),
+    "termination_log": ("--termination-log", env.TERMINATION_LOG),
+    "feed_wait_seconds": ("--feed-wait-seconds", env.FEED_WAIT_SECONDS),
+    "feed_retry_attempts": ("--feed-retry-attempts", env.FEED_RETRY_ATTEMPTS),
+}
+
+
+class SubscriberSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, case_sensitive=True, frozen=True
+    )
+
+    subscription: str = Field(
+        validation_alias=env.SUBSCRIPTION,
+        description="the subscription's name: keys its checkpoint, lock and dead letters",
+    )
+    feed_url: str = Field(
+        validation_alias=env.FEED_URL,
+        description="the feed endpoint, e.g. http://special-offers/events",
+    )
+    event_types: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        validation_alias=env.EVENT_TYPES,
+        description="event names to read (all if empty)",
+    )
+    feed_auth: FeedAuth = Field(default=FeedAuth.NONE, validation_alias=env.FEED_AUTH)
+    feed_token_file: Path | None = Field(default=None, validation_alias=env.FEED_TOKEN_FILE)
+    database_url: str = Field(validation_alias=env.DATABASE_URL)
+    projection: str = Field(validation_alias=env.PROJECTION, description="package.module:function")
+    batch_size: int = Field(default=1000, ge=1, le=MAX_PAGE_SIZE, validation_alias=env.BATCH_SIZE)
+    max_events_per_run: int = Field(
+        default=0, ge=0, validation_alias=env.MAX_EVENTS_PER_RUN, description="0: no limit"
+    )
+    start_position: StartPosition = Field(default="Beginning", validation_alias=env.START_POSITION)
+    on_poison_event: PoisonPolicy = Field(
+        default=PoisonPolicy.HALT, validation_alias=env.ON_POISON_EVENT
+    )
+    retry_max_attempts: int = Field(
+        default=3, ge=1, le=100, validation_alias=env.RETRY_MAX_ATTEMPTS
+    )
+    retry_backoff_seconds: float = Field(
+        default=1.0, ge=0, le=3600, validation_alias=env.RETRY_BACKOFF_SECONDS
+    )
+    replay_token: str = Field(default="", max_length=253, validation_alias=env.REPLAY_TOKEN)
+    replay_from_sequence: int = Field(default=1, ge=1, validation_alias=env.REPLAY_FROM_SEQUENCE)
+    follow: bool = Field(default=False, validation_alias=env.FOLLOW)
+    status_port: int | None = Field(default=None, ge=0, le=65535, validation_alias=env.STATUS_PORT)
+    termination_log: Path | None = Field(default=None, validation_alias=env.TERMINATION_LOG)
+    feed_wait_seconds: float = Field(
+        default=20.0, ge=0, le=MAX_WAIT_SECONDS, validation_alias=env.FEED_WAIT_SECONDS
+    )
+    feed_retry_attempts: int = Field(
+        default=8, ge=0, le=100, validation_alias=env.FEED_RETRY_ATTEMPTS
+    )
+
+    @field_validator("subscription")
+    @classmethod
+    def _subscription_name(cls, value: str) -> str:
+        if not SUBSCRIPTION_NAME.match(value):
+            raise ValueError(
+                "must be 1-253 letters, digits, '.', '_' or '-', starting and ending "
+                f"with a letter or digit; got {value!r}"
+            )
+        return value
+
+    @field_validator("feed_url")
+    @classmethod
+    def _feed_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"must be an http:// or https:// URL of a feed endpoint; got {value!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(f"must not carry a query or fragment; got {value!r}")
+        return value
+
+    @field_validator("event_types", mode="before")
+    @classmethod
+    def _event_types(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        for name in value:
+            if not EVENT_NAME.match(name):
+                raise ValueError(
+                    f"must be comma-separated event names (letters, digits, _ . : -); got {name!r}"
+                )
+        return tuple(value)
+
+    @field_validator("feed_auth", mode="before")
+    @classmethod
+    def _feed_auth(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            parse_database_url(value)
+        except DatabaseUrlError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("projection")
+    @classmethod
+    def _projection(cls, value: str) -> str:
+        if not IMPORT_PATH.match(value):
+            raise ValueError(f"must be an import path package.module:function; got {value!r}")
+        return value
+
+    @field_validator("start_position", mode="before")
+    @classmethod
+    def _start_position(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            word = value.strip()
+            for name in ("Beginning", "Head"):
+                if word.lower() == name.lower():
+                    return name
+            if word.isdigit() and int(word) >= 1:
+                return int(word)
+            raise ValueError(f"must be Beginning, Head or a sequence number >= 1; got {value!r}")
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError(f"must be Beginning, Head or a sequence number >= 1; got {value!r}")
+        return value
+
+    @field_validator("on_poison_event", mode="before")
+    @classmethod
+    def _on_poison_event(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            for policy in PoisonPolicy:
+                if value.strip().lower() == policy.value.lower():
+                    return policy
+        return value
+
+    @field_validator("status_port", mode="before")
+    @classmethod
+    def _status_port(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _token_file_when_needed(self) -> SubscriberSettings:
+        if self.feed_auth is FeedAuth.TOKEN and self.feed_token_file is None:
+            raise ValueError(
+                f"{FLAGS['feed_token_file'][0]} ({env.FEED_TOKEN_FILE}) is required when "
+                f"{FLAGS['feed_auth'][0]} is token"
+            )
+        return self
+
+    def token_file(self) -> Path | None:
+        if self.feed_auth is FeedAuth.NONE:
+            return None
+        if self.feed_token_file is not None:
+            return self.feed_token_file
+        return Path(env.DEFAULT_SERVICEACCOUNT_TOKEN_FILE)
+
+    def termination_log_path(self) -> tuple[Path, bool]:
+        """Where the summary goes, and whether it was asked for explicitly."""
+        if self.termination_log is not None:
+            return self.termination_log, True
+        return Path(env.DEFAULT_TERMINATION_LOG), False
+
+
+class SettingsError(ValueError):
+    """Settings that cannot run; the message names the flag, the variable and what is accepted."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        location = problem["loc"][0] if problem["loc"] else ""
+        field = next((name for name, (_, var) in FLAGS.items() if location in (name, var)), None)
+        message = problem["msg"].removeprefix("Value error, ")
+        if field is None:
+            lines.append(message)
+            continue
+        flag, var = FLAGS[field]
+        if problem["type"] == "missing":
+            message = "is required"
+        lines.append(f"{flag} ({var}): {message}")
+    return "\n".join(lines)
+
+
+def load_settings(**given: Any) -> SubscriberSettings:
+    """Settings from ``given`` (flags) over the environment; SettingsError if unusable."""
+    values = {name: value for name, value in given.items() if value is not None}
+    try:
+        return SubscriberSettings(**values)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from exc

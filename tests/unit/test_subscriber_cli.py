@@ -1,0 +1,159 @@
+"""`feedline subscribe`: flags and environment variables, and exit 2 on bad ones."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from feedline_subscriber import environment as env
+from feedline_subscriber.command import subscribe
+from feedline_subscriber.settings import FLAGS, SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+REQUIRED = [
+    "--subscription",
+    "s1",
+    "--feed-url",
+    "http://offers/events",
+    "--database-url",
+    "sqlite:///rm.db",
+    "--projection",
+    "feedline_subscriber.projections.loyalty:project_special_offers",
+]
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    for name in list(vars(env).values()):
+        if isinstance(name, str) and name.startswith("FEEDLINE_"):
+            monkeypatch.delenv(name, raising=False)
+    app = typer.Typer()
+    app.command("subscribe")(subscribe)
+
+    @app.callback()
+    def root() -> None:
+        """Test root."""
+
+    return app
+
+
+def invoke(app: typer.Typer, *args: str, **environment: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["subscribe", *args], env=environment)
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+def test_every_flag_has_an_environment_variable_from_the_one_list() -> None:
+    names = {value for value in vars(env).values() if isinstance(value, str)}
+    for flag, variable in FLAGS.values():
+        assert variable in names, flag
+
+
+def test_help_lists_every_flag(cli: typer.Typer) -> None:
+    code, output = invoke(cli, "--help")
+    assert code == 0
+    for flag, _ in FLAGS.values():
+        assert flag in output, flag
+
+
+def test_missing_settings_exit_2_naming_flag_and_variable(cli: typer.Typer) -> None:
+    code, output = invoke(cli)
+    assert code == 2
+    assert "--subscription (FEEDLINE_SUBSCRIPTION): is required" in output
+    assert "--feed-url (FEEDLINE_FEED_URL): is required" in output
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        (
+            "--batch-size",
+            "0",
+            "--batch-size (FEEDLINE_BATCH_SIZE): Input should be greater than or equal to 1",
+        ),
+        ("--batch-size", "10001", "less than or equal to 10000"),
+        ("--on-poison-event", "Ignore", "Input should be 'DeadLetter' or 'Halt'"),
+        ("--feed-auth", "basic", "Input should be 'none', 'token' or 'serviceaccount'"),
+        ("--start-position", "Middle", "must be Beginning, Head or a sequence number >= 1"),
+        ("--projection", "not-a-path", "must be an import path package.module:function"),
+        ("--database-url", "mysql://db/x", "expected postgresql://"),
+        ("--feed-url", "offers/events", "must be an http:// or https:// URL"),
+        ("--subscription", "bad name!", "must be 1-253 letters"),
+        ("--event-types", "A,B C", "must be comma-separated event names"),
+        ("--feed-wait-seconds", "31", "less than or equal to 30"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_flag_and_what_is_accepted(
+    cli: typer.Typer, flag: str, value: str, expected: str
+) -> None:
+    args = [*REQUIRED]
+    if flag in args:
+        index = args.index(flag)
+        args[index + 1] = value
+    else:
+        args += [flag, value]
+    code, output = invoke(cli, *args)
+    assert code == 2
+    assert flag in output
+    assert expected in output
+
+
+def test_token_auth_needs_a_token_file(cli: typer.Typer) -> None:
+    code, output = invoke(cli, *REQUIRED, "--feed-auth", "token")
+    assert code == 2
+    assert "--feed-token-file (FEEDLINE_FEED_TOKEN_FILE) is required" in output
+
+
+def test_a_bad_integer_is_refused_by_the_flag_parser(cli: typer.Typer) -> None:
+    code, output = invoke(cli, *REQUIRED, "--batch-size", "many")
+    assert code == 2
+    assert "--batch-size" in output
+
+
+def test_environment_variables_configure_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {
+        env.SUBSCRIPTION: "from-env",
+        env.FEED_URL: "https://offers.example/events",
+        env.DATABASE_URL: "postgresql://u@db/rm",
+        env.PROJECTION: "a.b:c",
+        env.EVENT_TYPES: "SpecialOfferCreated, SpecialOfferRemoved",
+        env.BATCH_SIZE: "5000",
+        env.START_POSITION: "head",
+        env.ON_POISON_EVENT: "deadletter",
+        env.FOLLOW: "true",
+        env.REPLAY_TOKEN: "r2",
+        env.REPLAY_FROM_SEQUENCE: "7",
+        env.STATUS_PORT: "8080",
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings(batch_size=None)
+    assert settings.subscription == "from-env"
+    assert settings.event_types == ("SpecialOfferCreated", "SpecialOfferRemoved")
+    assert settings.batch_size == 5000
+    assert settings.start_position == "Head"
+    assert settings.on_poison_event.value == "DeadLetter"
+    assert settings.follow is True
+    assert (settings.replay_token, settings.replay_from_sequence) == ("r2", 7)
+    assert settings.status_port == 8080
+    # A flag given explicitly wins over the environment.
+    assert load_settings(batch_size=10).batch_size == 10
+
+
+def test_start_position_accepts_a_sequence_number() -> None:
+    settings = load_settings(
+        subscription="s",
+        feed_url="http://f/events",
+        database_url="sqlite:///x.db",
+        projection="a:b",
+        start_position="42",
+    )
+    assert settings.start_position == 42
+    with pytest.raises(SettingsError, match="--start-position"):
+        load_settings(
+            subscription="s",
+            feed_url="http://f/events",
+            database_url="sqlite:///x.db",
+            projection="a:b",
+            start_position="0",
+        )
