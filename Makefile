@@ -45,6 +45,12 @@ test-integration: install ## Integration tier: real services, PostgreSQL and SQL
 test-cluster: install controlplane ## Cluster tier: a real Kubernetes control plane
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 
+.PHONY: bench
+bench: install controlplane ## Benchmarks: print throughput and latency figures (see docs/benchmarks.md)
+	$(PY) -m bench.bench_subscriber
+	$(PY) -m bench.bench_operator
+
 .PHONY: test
-test: install lint controlplane ## Everything: lint, then every test tier
+test: install lint controlplane ## Everything: lint, every test tier, then the benchmarks
 	$(VENV)/bin/pytest -m 'not kind' $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory bench

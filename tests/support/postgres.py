@@ -16,9 +16,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, postgres) were not found. Install them with "
@@ -40,7 +44,8 @@ def find_bin_dir() -> Path:
     """The folder holding initdb and postgres, newest major version first."""
     on_path = shutil.which("initdb")
     if on_path and shutil.which("postgres"):
-        return Path(on_path).parent
+        # Debian links initdb and postgres onto PATH; pg_isready sits beside the targets.
+        return Path(on_path).resolve().parent
     candidates = sorted(
         glob.glob("/usr/lib/postgresql/*/bin"),
         key=lambda p: int(Path(p).parent.name),
@@ -165,3 +170,22 @@ def throwaway_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
             proc.kill()
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str, prefix: str = "t") -> AsyncIterator[str]:
+    """A new, empty database on the server at ``server_url``; dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
