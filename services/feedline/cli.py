@@ -83,10 +83,95 @@ app.command("operator")(operator)
 
 
 @app.command()
-def dev() -> None:
-    """Run the services and subscriptions of a folder locally (not built yet)."""
-    typer.echo("feedline dev is not built yet (see the local-mode issue)", err=True)
-    raise typer.Exit(2)
+def dev(
+    directory: Annotated[
+        str,
+        typer.Argument(metavar="DIR", help="folder of EventSubscription (and Secret) manifests"),
+    ] = ".",
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="SQLite databases, logs, termination logs, status.json",
+            show_default="DIR/.feedline-dev",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address the services listen on")] = "127.0.0.1",
+    port_offset: Annotated[
+        int,
+        typer.Option(
+            min=-8000,
+            max=50000,
+            help="added to every service's default port (8001-8004)",
+        ),
+    ] = 0,
+    service: Annotated[
+        list[ServiceName] | None,
+        typer.Option(help="run only this example service (repeatable; default: all four)"),
+    ] = None,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="run every subscription once (Follow ones as one catch-up run), print, exit",
+        ),
+    ] = False,
+    run_now: Annotated[
+        bool,
+        typer.Option(
+            "--run-now",
+            help="run every CronJob subscription at start-up too (later: kill -USR1 <pid>)",
+        ),
+    ] = False,
+    output: Annotated[
+        str,
+        typer.Option(help="--once prints: table | json"),
+    ] = "table",
+    crd: Annotated[
+        str | None,
+        typer.Option(
+            help="the EventSubscription CRD to validate against",
+            show_default="charts/feedline-operator/crds/eventsubscriptions.feedline.dev.yaml",
+        ),
+    ] = None,
+) -> None:
+    """Run the example services and every EventSubscription of DIR locally (no Kubernetes).
+
+    SQLite databases; each subscriber runs the pod spec the operator would render,
+    on its schedule (CronJob) or all the time (Follow). Shows position and lag.
+    Ctrl-C or SIGTERM stops everything. See docs/local-mode.md.
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from feedline.dev.main import DevOptions, load, run
+    from feedline.dev.manifests import ManifestError
+
+    if output not in ("table", "json"):
+        raise typer.BadParameter(
+            f"{output!r}: accepted values are table, json", param_hint="--output"
+        )
+    if not Path(directory).is_dir():
+        raise typer.BadParameter(f"{directory!r} is not a folder", param_hint="DIR")
+    if crd is not None and not Path(crd).is_file():
+        raise typer.BadParameter(f"{crd!r} is not a file", param_hint="--crd")
+    options = DevOptions(
+        directory=Path(directory),
+        state_dir=Path(state_dir) if state_dir else None,
+        host=host,
+        port_offset=port_offset,
+        services=tuple(s.value for s in service or ()),
+        once=once,
+        run_now=run_now,
+        output=output,
+        crd=Path(crd) if crd else None,
+    )
+    try:
+        folder, layout = load(options, Console(stderr=True))
+    except ManifestError as exc:
+        typer.echo(f"feedline dev: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(run(options, folder, layout))
 
 
 def main() -> None:

@@ -1,0 +1,297 @@
+"""Pure: manifests in, local process specs out (what `feedline dev` starts).
+
+A subscriber's process is the container the operator renders: the builders in
+``feedline_operator.builders`` give the CronJob (or Deployment); its pod
+template's container gives the command, args and env. The env is resolved the
+way the kubelet would (``value`` with ``$(VAR)`` references, ``valueFrom.
+secretKeyRef`` from the folder's Secrets, Secret volumes as local files) and a
+few values are mapped to this machine, each one documented in
+docs/local-mode.md:
+
+- ``FEEDLINE_FEED_URL``: a cluster service name (``http://special-offers/events``)
+  becomes the local port of that example service; a loopback URL on a default
+  port follows ``--port-offset``;
+- ``FEEDLINE_TERMINATION_LOG``: a file in the state directory, read after each run;
+- ``FEEDLINE_STATUS_PORT`` (Follow mode): a free local port;
+- paths under a Secret volume's mount: the same files under the state directory;
+- in Secret values, ``$(FEEDLINE_DEV_STATE_DIR)`` and ``$(FEEDLINE_DEV_DIR)``
+  expand to the state directory and the folder (so a DSN can point at a
+  service's SQLite database wherever ``--state-dir`` puts it).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from feedline.dev.manifests import Folder, LoadedSubscription
+from feedline.services.registry import DEFAULT_PORTS
+from feedline_operator import builders
+from feedline_subscriber import environment as env_names
+
+STATE_DIR_NAME = ".feedline-dev"
+STATE_DIR_VAR = "FEEDLINE_DEV_STATE_DIR"
+FOLDER_VAR = "FEEDLINE_DEV_DIR"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+CLUSTER_SUFFIXES = ("", ".svc", ".svc.cluster.local")
+
+_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+Manifest = dict[str, Any]
+
+
+class PlanError(ValueError):
+    """The pod spec asks for something local mode cannot give (names the field)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on this machine."""
+
+    directory: Path
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port_offset: int = 0
+
+    def service_port(self, service: str) -> int:
+        return DEFAULT_PORTS[service] + self.port_offset
+
+    def service_url(self, service: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.service_port(service)}"
+
+    def service_database(self, service: str) -> Path:
+        return self.state_dir / f"{service}.db"
+
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def subscription_dir(self, name: str) -> Path:
+        return self.state_dir / "subscriptions" / name
+
+    def status_file(self) -> Path:
+        return self.state_dir / "status.json"
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One local process: argv, its own environment (added to a clean base), files."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    termination_log: Path | None = None
+    status_port: int | None = None
+    # Files to write (mode 0600) before the start: Secret volumes.
+    files: dict[Path, str] = field(default_factory=dict)
+
+
+def default_state_dir(directory: Path) -> Path:
+    return directory / STATE_DIR_NAME
+
+
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes ``$(VAR)`` expansion: unknown references stay as written, ``$$`` escapes."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VAR_REF.sub(replace, value)
+
+
+def local_command(command: list[str], feedline: str) -> tuple[str, ...]:
+    """The image's ``feedline`` is this installation's ``feedline`` executable."""
+    if command and command[0] == "feedline":
+        return (feedline, *command[1:])
+    return tuple(command)
+
+
+# --- services ------------------------------------------------------------------------
+
+
+def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
+    """``feedline serve NAME`` on its default port (+ offset) with its own SQLite file."""
+    return ProcessSpec(
+        name=service,
+        argv=(
+            feedline,
+            "serve",
+            service,
+            "--host",
+            layout.host,
+            "--port",
+            str(layout.service_port(service)),
+            "--database-url",
+            f"sqlite:///{layout.service_database(service)}",
+        ),
+        env={
+            "FEEDLINE_HTTP_CACHE_DIR": str(layout.state_dir / "http-cache"),
+            "FEEDLINE_PRODUCT_CATALOG_URL": layout.service_url("product-catalog"),
+        },
+        cwd=layout.directory,
+        log_path=layout.logs_dir() / f"{service}.log",
+    )
+
+
+# --- feed URLs -----------------------------------------------------------------------
+
+
+def _cluster_service(hostname: str) -> str | None:
+    """``special-offers``, ``special-offers.NS``, ``special-offers.NS.svc[.cluster.local]``."""
+    for service in DEFAULT_PORTS:
+        if hostname == service:
+            return service
+        if hostname.startswith(f"{service}."):
+            rest = hostname[len(service) + 1 :]
+            namespace, _, suffix = rest.partition(".")
+            if namespace and (f".{suffix}" if suffix else "") in CLUSTER_SUFFIXES:
+                return service
+    return None
+
+
+def local_feed_url(url: str, layout: Layout) -> str:
+    """A feed URL usable on this machine (see the module docstring); others unchanged."""
+    parts = urlsplit(url)
+    hostname = (parts.hostname or "").lower()
+    service = _cluster_service(hostname)
+    if service is not None and parts.port in (None, 80) and parts.scheme == "http":
+        base = urlsplit(layout.service_url(service))
+        return urlunsplit(parts._replace(netloc=base.netloc))
+    if hostname in LOOPBACK_HOSTS and layout.port_offset:
+        for service, port in DEFAULT_PORTS.items():
+            if parts.port == port:
+                netloc = parts.netloc.rsplit(":", 1)[0] + f":{layout.service_port(service)}"
+                return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+# --- subscribers ---------------------------------------------------------------------
+
+
+def pod_template(child: Manifest) -> Manifest:
+    """The pod template of a CronJob or a Deployment."""
+    if child["kind"] == "CronJob":
+        template: Manifest = child["spec"]["jobTemplate"]["spec"]["template"]
+    else:
+        template = child["spec"]["template"]
+    return template
+
+
+def rendered_container(loaded: LoadedSubscription) -> tuple[Manifest, Manifest]:
+    """(pod spec, subscriber container) exactly as the operator would render them."""
+    child = builders.build_child(loaded.subscription, builders.ChildDefaults())
+    spec = pod_template(child)["spec"]
+    return spec, spec["containers"][0]
+
+
+def _secret_values(folder: Folder, layout: Layout, namespace: str, name: str) -> dict[str, str]:
+    secret = folder.secrets.get((namespace, name))
+    if secret is None:
+        raise PlanError(f'Secret "{name}" not found')
+    variables = {STATE_DIR_VAR: str(layout.state_dir), FOLDER_VAR: str(layout.directory)}
+    return {key: expand(value, variables) for key, value in secret.data.items()}
+
+
+def _resolve_env(
+    container: Manifest, folder: Folder, layout: Layout, namespace: str
+) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "valueFrom" not in var:
+            env[var["name"]] = expand(var.get("value", ""), env)
+            continue
+        ref = var["valueFrom"].get("secretKeyRef")
+        if ref is None:
+            raise PlanError(f"env {var['name']}: only valueFrom.secretKeyRef is supported locally")
+        values = _secret_values(folder, layout, namespace, ref["name"])
+        if ref["key"] not in values:
+            raise PlanError(f'env {var["name"]}: Secret "{ref["name"]}" has no key "{ref["key"]}"')
+        env[var["name"]] = values[ref["key"]]
+    return env
+
+
+def _volume_files(
+    pod: Manifest, container: Manifest, folder: Folder, layout: Layout, namespace: str, root: Path
+) -> tuple[dict[str, Path], dict[Path, str]]:
+    """Secret volumes as local files: (mount path -> local dir, files to write)."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts: dict[str, Path] = {}
+    files: dict[Path, str] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "secret" not in volume:
+            continue  # emptyDir /tmp: this machine's /tmp will do
+        secret = volume["secret"]
+        values = _secret_values(folder, layout, namespace, secret["secretName"])
+        local = root / "volumes" / mount["name"]
+        items = secret.get("items") or [{"key": k, "path": k} for k in values]
+        for item in items:
+            if item["key"] not in values:
+                raise PlanError(
+                    f'volume {mount["name"]}: Secret "{secret["secretName"]}" has no key '
+                    f'"{item["key"]}"'
+                )
+            files[local / item["path"]] = values[item["key"]]
+        mounts[mount["mountPath"]] = local
+    return mounts, files
+
+
+def _map_path(value: str, mounts: Mapping[str, Path]) -> str:
+    for mount_path, local in mounts.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(local / posixpath.relpath(value, mount_path))
+    return value
+
+
+def subscriber_process(
+    loaded: LoadedSubscription,
+    folder: Folder,
+    layout: Layout,
+    feedline: str,
+    *,
+    status_port: int | None = None,
+    once: bool = False,
+) -> ProcessSpec:
+    """The subscriber's container as a local process.
+
+    ``once``: a Follow subscription runs one catch-up run instead (``--once``).
+    """
+    sub = loaded.subscription
+    pod, container = rendered_container(loaded)
+    root = layout.subscription_dir(sub.name)
+    env = _resolve_env(container, folder, layout, sub.namespace)
+    mounts, files = _volume_files(pod, container, folder, layout, sub.namespace, root)
+    env = {name: _map_path(value, mounts) for name, value in env.items()}
+    env[env_names.FEED_URL] = local_feed_url(env[env_names.FEED_URL], layout)
+    termination_log = root / "termination-log"
+    if env.get(env_names.TERMINATION_LOG) == container.get("terminationMessagePath"):
+        env[env_names.TERMINATION_LOG] = str(termination_log)
+    follow = env.get(env_names.FOLLOW) == "true"
+    if follow and once:
+        env.pop(env_names.FOLLOW)
+        env.pop(env_names.STATUS_PORT, None)
+        follow = False
+    if follow:
+        if status_port is None:
+            raise PlanError("a Follow subscription needs a local status port")
+        env[env_names.STATUS_PORT] = str(status_port)
+    argv = local_command([*container.get("command", []), *container.get("args", [])], feedline)
+    return ProcessSpec(
+        name=sub.name,
+        argv=tuple(expand(part, env) for part in argv),
+        env=env,
+        cwd=layout.directory,
+        log_path=layout.logs_dir() / f"{sub.name}.log",
+        termination_log=termination_log,
+        status_port=status_port if follow else None,
+        files=files,
+    )
