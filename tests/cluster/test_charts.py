@@ -1,0 +1,289 @@
+"""The service and demo charts: lint, install under the restricted Pod Security
+profile, and rendered objects (EventSubscriptions included) the API server accepts.
+
+On the test control plane the node agent runs the service's pod as a local
+process (`feedline serve ...` from the venv), so the installed service really
+answers on loopback. With FEEDLINE_TEST_KUBECONFIG (kind), the pods run the
+real image instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.support.kube import apis
+from tests.support.kube.cluster import create_namespace, delete_namespace, namespace_name
+from tests.support.kube.node_agent import NodeAgent
+from tests.support.kube.wait import wait_for
+from tests.support.operator_fixtures import install_crd
+
+pytestmark = pytest.mark.cluster
+
+CHARTS = Path(__file__).parents[2] / "charts"
+SERVICE_CHART = CHARTS / "feedline-service"
+DEMO_CHART = CHARTS / "feedline-demo"
+KUBE_VERSION = "v1.37.2"  # tools/controlplane/versions.env
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+def run(argv: list[str | Path], *, env: dict[str, str] | None = None, ok: bool = True) -> str:
+    proc = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=180,
+    )
+    if ok:
+        assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout}\n{proc.stderr}"
+    else:
+        assert proc.returncode != 0, f"{argv} should have failed:\n{proc.stdout}"
+    return proc.stdout if ok else proc.stderr
+
+
+def helm_env(home: Path) -> dict[str, str]:
+    """Keep helm's cache/config/data out of the developer's home."""
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_chart(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of both charts with the demo's dependencies built (`helm dependency
+    build` writes into the chart; the source tree stays untouched)."""
+    root = tmp_path_factory.mktemp("charts")
+    for chart in (SERVICE_CHART, DEMO_CHART):
+        shutil.copytree(chart, root / chart.name, ignore=shutil.ignore_patterns("charts"))
+    run([helm, "dependency", "build", root / DEMO_CHART.name], env=helm_env(root / ".helm"))
+    return root / DEMO_CHART.name
+
+
+@pytest.fixture
+def restricted_namespace(
+    kube_api: client.ApiClient, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    name = create_namespace(kube_api, namespace_name(request.node.name), labels=RESTRICTED)
+    yield name
+    delete_namespace(kube_api, name)
+
+
+def render(helm: Path, chart: Path, namespace: str, *values: str) -> list[dict[str, Any]]:
+    argv: list[str | Path] = [
+        helm, "template", "feedline-demo", chart, "--namespace", namespace,
+        "--kube-version", KUBE_VERSION,
+    ]  # fmt: skip
+    for value in values:
+        argv += ["--set", value]
+    return [doc for doc in yaml.safe_load_all(run(argv)) if doc]
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """Pod template and volume claim template names, by workload."""
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']}": (
+            doc["spec"]["template"],
+            [c["metadata"]["name"] for c in doc["spec"].get("volumeClaimTemplates", [])],
+        )
+        for doc in docs
+        if doc["kind"] in {"Deployment", "StatefulSet"}
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_charts_lint(helm: Path, demo_chart: Path, tmp_path: Path) -> None:
+    env = helm_env(tmp_path)
+    for service in ("special-offers", "loyalty-program", "shopping-cart", "product-catalog"):
+        run(
+            [helm, "lint", "--strict", SERVICE_CHART, "--set", f"feedlineService={service}"],
+            env=env,
+        )
+    run([helm, "lint", "--strict", demo_chart], env=env)
+
+    # Which service runs is required, and named in the error.
+    error = run([helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION], ok=False)
+    assert "feedlineService is required" in error
+    # The schema refuses values the chart does not know (additionalProperties: false).
+    error = run(
+        [helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+         "--set", "feedlineService=special-offers", "--set", "replicas=2"],
+        ok=False,
+    )  # fmt: skip
+    assert "replicas" in error
+    assert "additional properties" in error.lower() or "not allowed" in error.lower()
+
+
+def test_service_chart_installs_under_restricted_profile(
+    kube_api: client.ApiClient,
+    restricted_namespace: str,
+    helm: Path,
+    kubeconfig: Path,
+    node_agent: NodeAgent | None,
+    tmp_path: Path,
+) -> None:
+    namespace, port = restricted_namespace, free_port()
+    values = ["feedlineService=special-offers", f"containerPort={port}"]
+    if node_agent is not None:
+        # The pod runs as a local process: loopback only, a database in tmp_path.
+        values += ["listenAddress=127.0.0.1", f"database.url=sqlite:///{tmp_path}/offers.db"]
+    argv: list[str | Path] = [
+        helm, "install", "special-offers", SERVICE_CHART, f"--kubeconfig={kubeconfig}",
+        f"--namespace={namespace}", "--wait", "--timeout=120s",
+    ]  # fmt: skip
+    for value in values:
+        argv += ["--set", value]
+    notes = run(argv, env=helm_env(tmp_path))
+    assert f"http://special-offers.{namespace}.svc:80/events" in notes
+
+    core, apps = apis.core(kube_api), apis.apps(kube_api)
+    deployment = apps.read_namespaced_deployment("special-offers", namespace)
+    assert deployment.status.available_replicas == 1
+    assert core.read_namespaced_service("special-offers", namespace).spec.ports[0].port == 80
+    account = core.read_namespaced_service_account("special-offers", namespace)
+    assert account.automount_service_account_token is False
+    networking: Any = client.NetworkingV1Api(kube_api)
+    policy = networking.read_namespaced_network_policy("special-offers", namespace)
+    assert policy.spec.policy_types == ["Ingress"]
+
+    # The restricted profile admitted the pod the ReplicaSet made.
+    (pod,) = core.list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/instance=special-offers"
+    ).items
+    container = pod.spec.containers[0]
+    assert container.command == ["feedline", "serve"]
+    assert container.args == ["special-offers", *container.args[1:]]
+    assert container.security_context.read_only_root_filesystem is True
+    assert pod.spec.security_context.run_as_user == 10001
+
+    if node_agent is not None:
+        # The process the node agent started is the service, on the chart's port.
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=30, what="special-offers /health/ready")
+
+    run(
+        [helm, "uninstall", "special-offers", f"--kubeconfig={kubeconfig}",
+         f"--namespace={namespace}", "--wait", "--timeout=60s"],
+        env=helm_env(tmp_path),
+    )  # fmt: skip
+
+
+def test_demo_chart_objects_are_accepted(
+    kube_api: client.ApiClient,
+    restricted_namespace: str,
+    helm: Path,
+    kubectl: Path,
+    kubeconfig: Path,
+    demo_chart: Path,
+    tmp_path: Path,
+) -> None:
+    """Every object of `helm template` passes a server-side dry run (schema, CRD
+    validation and CEL rules, admission), and every pod template is admitted
+    under the restricted profile."""
+    install_crd(kube_api)
+    namespace = restricted_namespace
+    docs = render(helm, demo_chart, namespace)
+
+    kinds = sorted(f"{doc['kind']}/{doc['metadata']['name']}" for doc in docs)
+    assert "StatefulSet/feedline-demo-postgresql" in kinds
+    for service in ("special-offers", "loyalty-program", "shopping-cart", "product-catalog"):
+        assert f"Deployment/{service}" in kinds
+        assert f"Service/{service}" in kinds
+        assert f"NetworkPolicy/{service}" in kinds
+    subscriptions = {d["metadata"]["name"]: d for d in docs if d["kind"] == "EventSubscription"}
+    assert set(subscriptions) == {"loyalty-special-offers", "offer-documents"}
+
+    # The subscriptions point at what the chart made: the feed's Service and the
+    # Secret keys that exist.
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    loyalty = subscriptions["loyalty-special-offers"]["spec"]
+    assert loyalty["feed"]["url"] == "http://special-offers/events"
+    assert loyalty["readModel"]["projection"] == (
+        "feedline_subscriber.projections.loyalty:project_special_offers"
+    )
+    for spec in (s["spec"] for s in subscriptions.values()):
+        database = spec["readModel"]["databaseSecretRef"]
+        assert spec["readModel"]["databaseSecretRef"]["key"] in secrets[database["name"]]
+        token = spec["feed"]["auth"]["secretRef"]
+        assert token["key"] in secrets[token["name"]]
+    assert secrets["feedline-demo-databases"]["loyalty-program"].startswith(
+        "postgresql://feedline:"
+    )
+
+    kubectl_create: list[str | Path] = [
+        kubectl,
+        f"--kubeconfig={kubeconfig}",
+        f"--namespace={namespace}",
+        "create",
+    ]
+    everything = tmp_path / "demo.yaml"
+    everything.write_text(yaml.safe_dump_all(docs))
+    created = run([*kubectl_create, "--dry-run=server", "--validate=strict", "-f", everything,
+                   "-o", "name"])  # fmt: skip
+    assert len(created.split()) == len(docs)
+
+    # Really create all but the workloads (their pods would run here), so the
+    # pods' ServiceAccounts exist for the dry runs below; the subscriptions
+    # come back with the CRD's defaults.
+    objects = tmp_path / "objects.yaml"
+    objects.write_text(
+        yaml.safe_dump_all([d for d in docs if d["kind"] not in {"Deployment", "StatefulSet"}])
+    )
+    run([*kubectl_create, "-f", objects])
+    custom = apis.custom(kube_api)
+    for name in subscriptions:
+        stored = custom.get_namespaced_custom_object(
+            "feedline.dev", "v1alpha1", namespace, "eventsubscriptions", name
+        )
+        assert stored["spec"]["batchSize"] == 1000
+
+    # Pod Security is enforced on pods, not on their controllers: dry-run each
+    # pod template as a Pod in the restricted namespace.
+    core = apis.core(kube_api)
+    templates = pod_templates(docs)
+    assert len(templates) == 5
+    for owner, (template, claims) in templates.items():
+        spec = dict(template["spec"])
+        # A StatefulSet adds its claims' volumes to the pods it makes.
+        spec["volumes"] = [
+            *spec.get("volumes", []),
+            *({"name": c, "persistentVolumeClaim": {"claimName": f"{c}-0"}} for c in claims),
+        ]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {**template["metadata"], "name": "dry-run"},
+            "spec": spec,
+        }
+        try:
+            core.create_namespaced_pod(namespace, pod, dry_run="All")
+        except apis.ApiException as err:
+            pytest.fail(f"{owner}'s pod is refused in a restricted namespace: {err.body}")
