@@ -1,6 +1,7 @@
 """Catch-up throughput of the subscriber, PostgreSQL feed -> PostgreSQL read model.
 
-Run: ``.venv/bin/python -m bench.bench_subscriber [--events 200000] [--baseline-events N]``
+Run: ``.venv/bin/python -m bench.bench_subscriber --events 200000 --baseline-events 20000``
+(add ``--runs 3`` to repeat the subscriber and the COPY and report medians).
 
 One throwaway PostgreSQL server (durable: fsync on, the defaults) holds the
 special-offers service's database and three read-model databases. The
@@ -9,12 +10,19 @@ store gets N ``SpecialOfferCreated`` events (distinct offers, so every event is
 one read-model row). Then, in the same run:
 
 1. the subscriber (``feedline subscribe`` as a process, pages of 10,000, the
-   built-in loyalty projection) catches up from the feed; timed from its
-   summary's startTime to completionTime (interpreter start excluded);
-2. COPY of the same rows (offer_id, description, last_sequence_number) into an
-   identical table, one COPY in one transaction, rows already in memory;
+   built-in loyalty projection) catches up from the feed into an empty read
+   model; timed from its summary's startTime to completionTime (interpreter
+   start excluded);
+2. COPY of the same rows (offer_id, description, last_sequence_number: what
+   the read model ends with) into an identical, empty table (same columns,
+   same primary key), one COPY in one transaction, rows already in memory;
+   the floor for getting those rows into PostgreSQL;
 3. the book-faithful baseline: pages of 100 from the same feed, one INSERT and
    one commit per event.
+
+With ``--runs R`` steps 1 and 2 are repeated R times, alternating, each into a
+new database, and the medians are reported (the machine is shared: the load
+average is printed with the figures).
 
 Also measured: follow-mode latency, from a command's 201 to its row in the
 read model, with a ``--follow`` subscriber long-polling the feed.
@@ -223,24 +231,45 @@ async def follow_latency(base_url: str, read_model: str, samples: int) -> list[f
     return latencies
 
 
-async def main(events: int, baseline_events: int, latency_samples: int) -> None:
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+async def main(events: int, baseline_events: int, latency_samples: int, runs: int) -> None:
     with throwaway_postgres(durable=True) as server:
         server_url = server.url()
         await wait_connectable(server_url)
+        read_models = [f"rm_subscriber_{run}" for run in range(runs)]
+        copies = [f"rm_copy_{run}" for run in range(runs)]
         await create_databases(
-            server_url, "offers", "rm_subscriber", "rm_copy", "rm_baseline", "rm_follow"
+            server_url, "offers", *read_models, *copies, "rm_baseline", "rm_follow"
         )
         service_url = server.url("offers")
         with running_service("special-offers", service_url) as base_url:
             feed_url = f"{base_url}/events"
             print(f"filling the special-offers event store with {events:,} events ...", flush=True)
             await fill_event_store(service_url, events)
+            load_before = load_average()
 
-            subscriber_seconds = run_subscriber_process(
-                feed_url, server.url("rm_subscriber"), events
-            )
-            assert await count_rows(server.url("rm_subscriber")) == events
-            copy_seconds = await run_copy(server.url("rm_copy"), events)
+            subscriber_runs: list[float] = []
+            copy_runs: list[float] = []
+            for read_model, copy in zip(read_models, copies, strict=True):
+                subscriber_runs.append(
+                    run_subscriber_process(feed_url, server.url(read_model), events)
+                )
+                assert await count_rows(server.url(read_model)) == events
+                copy_runs.append(await run_copy(server.url(copy), events))
+                print(
+                    f"run {len(subscriber_runs)}: subscriber {subscriber_runs[-1]:.2f} s, "
+                    f"COPY {copy_runs[-1]:.2f} s",
+                    flush=True,
+                )
+            load_after = load_average()
+            subscriber_seconds = statistics.median(subscriber_runs)
+            copy_seconds = statistics.median(copy_runs)
             baseline_seconds = await run_baseline(
                 feed_url, server.url("rm_baseline"), baseline_events
             )
@@ -253,15 +282,24 @@ async def main(events: int, baseline_events: int, latency_samples: int) -> None:
     print()
     print(
         f"PostgreSQL feed -> PostgreSQL read model, {events:,} events "
-        "(durable server, 2 cores shared)"
+        f"(durable server, {os.cpu_count()} cores shared by service, subscriber and PostgreSQL; "
+        f"load average {load_before} before, {load_after} after)"
     )
-    print(f"{'':38}{'events':>10}{'seconds':>10}{'events/s':>12}")
+    median = f", median of {runs}" if runs > 1 else ""
+    print(f"{'':44}{'events':>10}{'seconds':>10}{'events/s':>12}")
     for name, count, seconds in (
-        ("subscriber (pages of 10,000)", events, subscriber_seconds),
-        ("COPY of the same rows", events, copy_seconds),
+        (f"subscriber (pages of 10,000{median})", events, subscriber_seconds),
+        (f"COPY of the same rows{median}", events, copy_seconds),
         ("baseline (pages of 100, commit/event)", baseline_events, baseline_seconds),
     ):
-        print(f"{name[:38]:38}{count:>10,}{seconds:>10.2f}{count / seconds:>12,.0f}")
+        print(f"{name[:44]:44}{count:>10,}{seconds:>10.2f}{count / seconds:>12,.0f}")
+    if runs > 1:
+        print(
+            "  each run, subscriber s: "
+            + ", ".join(f"{seconds:.2f}" for seconds in subscriber_runs)
+            + "; COPY s: "
+            + ", ".join(f"{seconds:.2f}" for seconds in copy_runs)
+        )
     print(f"subscriber / COPY:      {subscriber_rate / copy_rate:.2f}  (target >= 0.25)")
     print(f"subscriber / baseline:  {subscriber_rate / baseline_rate:.1f}x (target >= 20x)")
     if latencies:
@@ -285,9 +323,19 @@ def cli() -> None:
         help="events for the per-event-commit baseline (default: the same as --events)",
     )
     parser.add_argument("--latency-samples", type=int, default=20)
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="subscriber and COPY runs (alternating, each into a new database); medians reported",
+    )
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    asyncio.run(main(args.events, args.baseline_events or args.events, args.latency_samples))
+    asyncio.run(
+        main(args.events, args.baseline_events or args.events, args.latency_samples, args.runs)
+    )
 
 
 if __name__ == "__main__":

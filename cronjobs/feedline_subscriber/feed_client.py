@@ -9,10 +9,14 @@ checkpoint never moves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -33,8 +37,10 @@ class FeedUnavailableError(FeedError):
     """The feed kept failing transiently (or refused us) after every retry."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One event of a page. A named tuple: a page makes 10,000 of them, and a
+    tuple is built in C (a frozen dataclass's ``__init__`` runs Python code)."""
+
     sequence_number: int
     occurred_at: str
     name: str
@@ -100,22 +106,51 @@ def _event(index: int, item: Any) -> Event:
     return Event(number, occurred_at, name, content)
 
 
-def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bool) -> Page:
-    """Check a 200 response against protocol v1 and turn it into a Page.
+# Event(*fields) without the Python-level __new__ of a named tuple: built in C.
+_new_event: Callable[[tuple[int, str, str, dict[str, Any]]], Event] = partial(tuple.__new__, Event)
+_SEQUENCE_NUMBER = itemgetter("sequenceNumber")
+_OCCURRED_AT = itemgetter("occurredAt")
+_NAME = itemgetter("name")
+_CONTENT = itemgetter("content")
 
-    ``filtered``: the request carried a ``types`` filter, so gaps between the
-    returned sequence numbers are expected (the server skipped other events).
+
+def _checked_events(body: list[Any], start: int, filtered: bool) -> list[Event] | None:
+    """The events of a page that passes every per-event check, else None.
+
+    The fast path for well-formed pages: each check runs over a whole column
+    in C (``map``, ``set``, list comparison) instead of a Python function call
+    and several ``isinstance`` calls per event. It accepts only what
+    :func:`_event` and the sequence check in :func:`parse_page` accept; on
+    anything else it returns None and the caller runs those to say what is wrong.
     """
-    head = _head(response)
-    next_start = _next_start(response)
     try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
-        raise FeedProtocolError(f"body is not JSON ({exc}): {response.content[:100]!r}") from None
-    if not isinstance(body, list):
-        raise FeedProtocolError(f"body is not a JSON array: {response.content[:100]!r}")
-    if len(body) > limit:
-        raise FeedProtocolError(f"page has {len(body)} events, more than the limit {limit}")
+        numbers = list(map(_SEQUENCE_NUMBER, body))
+        occurred_at = list(map(_OCCURRED_AT, body))
+        names = list(map(_NAME, body))
+        contents = list(map(_CONTENT, body))
+    except (KeyError, TypeError):  # an event that is not an object, or lacks a field
+        return None
+    if not body:
+        return []
+    if (
+        set(map(type, numbers)) != {int}  # exactly int: bool is not a sequence number
+        or set(map(type, occurred_at)) != {str}
+        or set(map(type, names)) != {str}
+        or "" in names
+        or set(map(type, contents)) != {dict}
+    ):
+        return None
+    if filtered:
+        # Strictly increasing from at least `start` (>= 1): gaps are allowed.
+        if numbers[0] < max(start, 1) or not all(map(int.__lt__, numbers, numbers[1:])):
+            return None
+    elif start < 1 or numbers != list(range(start, start + len(numbers))):
+        return None
+    return list(map(_new_event, zip(numbers, occurred_at, names, contents, strict=True)))
+
+
+def _checked_events_slowly(body: list[Any], start: int, filtered: bool) -> list[Event]:
+    """Every per-event check, one event at a time; raises saying what is wrong."""
     events = [_event(index, item) for index, item in enumerate(body)]
     expected = start
     for event in events:
@@ -127,6 +162,50 @@ def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bo
                 f"{' or more' if filtered else ''}, got {number} (page start {start})"
             )
         expected = number + 1
+    return events
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a page is decoded and checked.
+
+    Decoding a page of 10,000 events allocates ~40,000 containers (dicts, lists,
+    tuples), none of them in a reference cycle, so each collection the
+    allocations would trigger (dozens per page, some traversing everything
+    alive) frees nothing: measured at 0.3-0.7 s of CPU per 200,000 events.
+    Reference counting still frees everything; the collector resumes after.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bool) -> Page:
+    """Check a 200 response against protocol v1 and turn it into a Page.
+
+    ``filtered``: the request carried a ``types`` filter, so gaps between the
+    returned sequence numbers are expected (the server skipped other events).
+    """
+    head = _head(response)
+    next_start = _next_start(response)
+    content = response.content
+    with _collector_paused():
+        try:
+            body = orjson.loads(content)
+        except orjson.JSONDecodeError as exc:
+            raise FeedProtocolError(f"body is not JSON ({exc}): {content[:100]!r}") from None
+        if not isinstance(body, list):
+            raise FeedProtocolError(f"body is not a JSON array: {content[:100]!r}")
+        if len(body) > limit:
+            raise FeedProtocolError(f"page has {len(body)} events, more than the limit {limit}")
+        events = _checked_events(body, start, filtered)
+        if events is None:
+            events = _checked_events_slowly(body, start, filtered)
+    expected = events[-1].sequence_number + 1 if events else start
     if next_start < expected:
         raise FeedProtocolError(
             f'Link rel="next" goes backwards: start={next_start}, but the page '

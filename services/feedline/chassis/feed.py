@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from feedline.chassis.auth import FeedAuthorizer
-from feedline.chassis.eventstore import EventStore, FeedPage, encode_page
+from feedline.chassis.eventstore import EventStore, FeedPage
 from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
 
@@ -43,7 +43,7 @@ FEED_EXAMPLE = [
 def _etag(start: int, end: int | None, limit: int, types: str | None, page: FeedPage) -> str:
     # A page's content is fixed by its request and by how far the read scanned
     # (events are immutable and gap-free), so that is what the tag hashes.
-    key = f"{start}|{end}|{limit}|{types}|{page.scanned_to}|{len(page.events)}"
+    key = f"{start}|{end}|{limit}|{types}|{page.scanned_to}|{page.count}"
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:20] + '"'
 
 
@@ -108,7 +108,7 @@ def feed_router(store: EventStore, authorize: FeedAuthorizer, metrics: ServiceMe
         page = await store.read_page(start, end, limit, type_list)
         etag = _etag(start, end, limit, types, page)
         # Long poll: hold while there is nothing new for this reader.
-        while not page.events or _matches(if_none_match, etag):
+        while not page.count or _matches(if_none_match, etag):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -116,7 +116,7 @@ def feed_router(store: EventStore, authorize: FeedAuthorizer, metrics: ServiceMe
             page = await store.read_page(start, end, limit, type_list)
             etag = _etag(start, end, limit, types, page)
 
-        full = len(page.events) == limit or (end is not None and page.scanned_to >= end)
+        full = page.count == limit or (end is not None and page.scanned_to >= end)
         next_url = request.url.remove_query_params(["start", "wait"]).include_query_params(
             start=page.scanned_to
         )
@@ -128,8 +128,9 @@ def feed_router(store: EventStore, authorize: FeedAuthorizer, metrics: ServiceMe
         }
         if _matches(if_none_match, etag):
             return Response(status_code=304, headers=headers)
-        metrics.events_served.inc(len(page.events))
-        return Response(encode_page(page.events), media_type="application/json", headers=headers)
+        metrics.events_served.inc(page.count)
+        # The body comes from the event store already encoded.
+        return Response(page.body, media_type="application/json", headers=headers)
 
     @router.get(
         "/events/head",
