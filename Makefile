@@ -47,7 +47,7 @@ test-cluster: install controlplane ## Cluster tier: a real Kubernetes control pl
 
 .PHONY: bench
 bench: install controlplane ## Benchmarks: print throughput and latency figures (see docs/benchmarks.md)
-	$(PY) -m bench.bench_subscriber
+	$(PY) -m bench.bench_subscriber --events 200000 --baseline-events 20000 --runs 3
 	$(PY) -m bench.bench_operator
 
 .PHONY: test
