@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from tests.support.processes import stop
+
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, postgres) were not found. Install them with "
     "`apt-get install postgresql` (Debian) or point FEEDLINE_TEST_DATABASE_URL at a server."
@@ -163,12 +165,7 @@ def throwaway_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
         _wait_ready(bin_dir, port, proc, log)
         yield PostgresServer(host="127.0.0.1", port=port, user="postgres")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace_seconds=20)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

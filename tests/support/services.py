@@ -17,6 +17,7 @@ import httpx
 import uvicorn
 
 from tests.support.postgres import free_port
+from tests.support.processes import stop
 
 FEEDLINE = str(Path(sys.executable).with_name("feedline"))
 
@@ -57,12 +58,7 @@ def running_service(name: str, database_url: str, **env: str) -> Iterator[str]:
         wait_until_ready(base_url, proc, log)
         yield base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, grace_seconds=10)
 
 
 @contextlib.contextmanager
