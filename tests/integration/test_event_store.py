@@ -41,7 +41,8 @@ async def test_a_failed_command_leaves_neither_data_nor_events(database_url: str
         async with store.transaction() as connection:
             await connection.execute(offers.insert().values(description="done"))
             numbers = await store.append(
-                connection, [NewEvent("A"), NewEvent('Quote"d', {"text": 'ü \\ "x"', "n": [1]})]
+                connection,
+                [NewEvent("A"), NewEvent("Offer.Made:v2", {"text": 'ü \\ "x"', "n": [1]})],
             )
         assert numbers == [1, 2]
         async with database.engine.connect() as connection:
@@ -50,10 +51,10 @@ async def test_a_failed_command_leaves_neither_data_nor_events(database_url: str
         page = await store.read_page(1, None, 100, None)
         assert [(event.sequence_number, event.name) for event in page.events] == [
             (1, "A"),
-            (2, 'Quote"d'),
+            (2, "Offer.Made:v2"),
         ]
         second = page.events[1].as_dict
-        assert second["name"] == 'Quote"d'
+        assert second["name"] == "Offer.Made:v2"
         assert second["content"] == {"text": 'ü \\ "x"', "n": [1]}
         occurred_at = datetime.fromisoformat(second["occurredAt"])
         assert second["occurredAt"].endswith("Z")

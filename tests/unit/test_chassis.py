@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from feedline.chassis.auth import KubernetesTokenReview, StaticToken, create_authorizer
 from feedline.chassis.database import DatabaseUrlError, parse_database_url
+from feedline.chassis.eventstore import NewEvent
 from feedline.chassis.feed import _matches
 from feedline.chassis.settings import AuthMode, ServiceSettings
 from feedline.chassis.tracing import continue_or_start, parse_traceparent
@@ -184,3 +185,14 @@ async def test_token_review_rejects_unauthenticated_or_wrong_audience(
     with pytest.raises(HTTPException) as error:
         await check(request_with("Bearer caller-token"))
     assert error.value.status_code == 401
+
+
+@pytest.mark.parametrize("name", ["", 'Quote"d', "with space", "a,b", "ü", "x" * 201, "new\nline"])
+def test_event_names_must_be_identifiers(name: str) -> None:
+    with pytest.raises(ValueError, match="is not accepted: use 1 to 200 letters"):
+        NewEvent(name)
+
+
+@pytest.mark.parametrize("name", ["SpecialOfferCreated", "offer.made:v2", "a-b_c", "x" * 200])
+def test_identifier_event_names_are_accepted(name: str) -> None:
+    assert NewEvent(name).name == name

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from feedline.chassis.auth import FeedAuthorizer
-from feedline.chassis.eventstore import EventStore, FeedPage
+from feedline.chassis.eventstore import EVENT_NAME_CHARACTERS, EventStore, FeedPage
 from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
 
@@ -28,7 +28,7 @@ MAX_SEQUENCE = 2**63 - 1  # BIGINT
 # notification, so a lost NOTIFY only delays an answer.
 RECHECK_SECONDS = 1.0
 IMMUTABLE = "public, max-age=31536000, immutable"
-EVENT_NAME_LIST = r"^[A-Za-z0-9_.:\-]+(,[A-Za-z0-9_.:\-]+)*$"
+EVENT_NAME_LIST = rf"^{EVENT_NAME_CHARACTERS}+(,{EVENT_NAME_CHARACTERS}+)*$"
 
 FEED_EXAMPLE = [
     {
