@@ -49,11 +49,11 @@ async def test_a_failed_command_leaves_neither_data_nor_events(database_url: str
             count = (await connection.execute(select(func.count()).select_from(offers))).scalar()
         assert count == 1
         page = await store.read_page(1, None, 100, None)
-        assert [(event.sequence_number, event.name) for event in page.events] == [
+        assert [(event["sequenceNumber"], event["name"]) for event in page.events] == [
             (1, "A"),
             (2, "Offer.Made:v2"),
         ]
-        second = page.events[1].as_dict
+        second = page.events[1]
         assert second["name"] == "Offer.Made:v2"
         assert second["content"] == {"text": 'ü \\ "x"', "n": [1]}
         occurred_at = datetime.fromisoformat(second["occurredAt"])

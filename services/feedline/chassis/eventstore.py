@@ -84,19 +84,6 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
-class StoredEvent:
-    sequence_number: int
-    name: str
-    # The whole event as the feed serves it: one element of the page's JSON array.
-    json: bytes
-
-    @property
-    def as_dict(self) -> dict[str, Any]:
-        decoded: dict[str, Any] = orjson.loads(self.json)
-        return decoded
-
-
-@dataclass(frozen=True)
 class FeedPage:
     """One read of the feed: the page's JSON body, the head, and how far the read looked.
 
@@ -112,12 +99,10 @@ class FeedPage:
     scanned_to: int
 
     @property
-    def events(self) -> list[StoredEvent]:
-        """The page's events as objects (decodes the body: for tests and tools, not the feed)."""
-        return [
-            StoredEvent(item["sequenceNumber"], item["name"], orjson.dumps(item))
-            for item in orjson.loads(self.body)
-        ]
+    def events(self) -> list[dict[str, Any]]:
+        """The page's events, decoded (for tests and tools; the feed serves ``body``)."""
+        decoded: list[dict[str, Any]] = orjson.loads(self.body)
+        return decoded
 
 
 def render_event(sequence_number: int, occurred_at: str, event: NewEvent) -> str:
