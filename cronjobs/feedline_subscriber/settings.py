@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from feedline.chassis.database import DatabaseUrlError, parse_database_url
+from feedline.chassis.database import DatabaseUrl
 from feedline_subscriber import environment as env
 
 MAX_PAGE_SIZE = 10_000  # the feed protocol's largest `limit`
@@ -85,7 +85,7 @@ class SubscriberSettings(BaseSettings):
     )
     feed_auth: FeedAuth = Field(default=FeedAuth.NONE, validation_alias=env.FEED_AUTH)
     feed_token_file: Path | None = Field(default=None, validation_alias=env.FEED_TOKEN_FILE)
-    database_url: str = Field(validation_alias=env.DATABASE_URL)
+    database_url: DatabaseUrl = Field(validation_alias=env.DATABASE_URL)
     projection: str = Field(validation_alias=env.PROJECTION, description="package.module:function")
     batch_size: int = Field(default=1000, ge=1, le=MAX_PAGE_SIZE, validation_alias=env.BATCH_SIZE)
     max_events_per_run: int = Field(
@@ -151,15 +151,6 @@ class SubscriberSettings(BaseSettings):
     @classmethod
     def _feed_auth(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        try:
-            parse_database_url(value)
-        except DatabaseUrlError as exc:
-            raise ValueError(str(exc)) from exc
-        return value
 
     @field_validator("projection")
     @classmethod

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -62,6 +63,19 @@ def parse_database_url(url: str) -> ParsedDatabaseUrl:
             )
         return ParsedDatabaseUrl("sqlite", parsed.set(drivername="sqlite+aiosqlite"))
     raise DatabaseUrlError(f"unsupported database URL scheme {backend!r}: expected {ACCEPTED_URLS}")
+
+
+def _usable_database_url(url: str) -> str:
+    try:
+        parse_database_url(url)
+    except DatabaseUrlError as exc:
+        # pydantic reports ValueErrors as validation errors naming the field.
+        raise ValueError(str(exc)) from exc
+    return url
+
+
+# A settings field holding a database URL that Feedline can use.
+DatabaseUrl = Annotated[str, AfterValidator(_usable_database_url)]
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

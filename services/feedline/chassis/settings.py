@@ -10,10 +10,10 @@ import tempfile
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from feedline.chassis.database import DatabaseUrlError, parse_database_url
+from feedline.chassis.database import DatabaseUrl
 
 
 class AuthMode(StrEnum):
@@ -25,7 +25,7 @@ class AuthMode(StrEnum):
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEEDLINE_", extra="ignore")
 
-    database_url: str = Field(
+    database_url: DatabaseUrl = Field(
         default="sqlite:///feedline.db",
         description="postgresql://... or sqlite:///path: the service's own database",
     )
@@ -54,15 +54,6 @@ class ServiceSettings(BaseSettings):
         description="where the HTTP cache of outgoing queries keeps its SQLite file",
     )
     log_level: str = "INFO"
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_url_is_usable(cls, value: str) -> str:
-        try:
-            parse_database_url(value)
-        except DatabaseUrlError as exc:
-            raise ValueError(str(exc)) from exc
-        return value
 
     def resolved_feed_token(self) -> str | None:
         if self.feed_token:
