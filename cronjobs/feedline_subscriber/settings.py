@@ -18,13 +18,13 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feedline.chassis.database import DatabaseUrl
+from feedline.chassis.eventstore import EVENT_NAME_PATTERN
 from feedline_subscriber import environment as env
 
 MAX_PAGE_SIZE = 10_000  # the feed protocol's largest `limit`
 MAX_WAIT_SECONDS = 30.0  # the feed protocol's largest `wait`
 SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 
 
 class FeedAuth(StrEnum):
@@ -141,7 +141,7 @@ class SubscriberSettings(BaseSettings):
         if isinstance(value, str):
             value = [name.strip() for name in value.split(",") if name.strip()]
         for name in value:
-            if not EVENT_NAME.match(name):
+            if not EVENT_NAME_PATTERN.fullmatch(name):
                 raise ValueError(
                     f"must be comma-separated event names (letters, digits, _ . : -); got {name!r}"
                 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -25,8 +24,9 @@ from kubernetes import client
 from tests.support.kube import apis
 from tests.support.kube.cluster import create_namespace, delete_namespace, namespace_name
 from tests.support.kube.node_agent import NodeAgent
-from tests.support.kube.wait import wait_for
 from tests.support.operator_fixtures import install_crd
+from tests.support.ports import free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -106,12 +106,6 @@ def pod_templates(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any],
         for doc in docs
         if doc["kind"] in {"Deployment", "StatefulSet"}
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_charts_lint(helm: Path, demo_chart: Path, tmp_path: Path) -> None:

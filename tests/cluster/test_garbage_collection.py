@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client
 
 from tests.support.kube import apis
-from tests.support.kube.wait import wait_for
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -13,7 +13,7 @@ from kubernetes import client
 from tests.support.kube import apis
 from tests.support.kube.cluster import create_namespace, delete_namespace, namespace_name
 from tests.support.kube.node_agent import NodeAgent
-from tests.support.kube.wait import wait_for
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

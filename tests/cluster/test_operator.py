@@ -19,7 +19,6 @@ from kubernetes import client
 from feedline_operator.compare import differences
 from feedline_operator.config import OperatorConfig
 from tests.support.kube import apis
-from tests.support.kube.wait import wait_for
 from tests.support.operator_fixtures import (
     DATA,
     GROUP,
@@ -33,6 +32,7 @@ from tests.support.operator_fixtures import (
     service_account_kubeconfig,
     subscription,
 )
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

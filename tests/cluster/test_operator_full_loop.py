@@ -25,9 +25,9 @@ from tests.cluster.test_operator import (  # the operator fixtures, shared
 )
 from tests.support.kube import apis
 from tests.support.kube.node_agent import NodeAgent
-from tests.support.kube.wait import wait_for
 from tests.support.operator_fixtures import OperatorThread, subscription
 from tests.support.services import running_service
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -5,7 +5,6 @@ charts' restricted security contexts ask of it)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -14,7 +13,8 @@ import httpx
 import pytest
 
 from tests.image.conftest import podman_env
-from tests.support.kube.wait import wait_for
+from tests.support.ports import free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.image
 
@@ -42,12 +42,6 @@ def podman(
     if check:
         assert proc.returncode == 0, f"podman {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
@@ -27,12 +26,12 @@ import pytest
 
 from feedline.services.registry import DEFAULT_PORTS
 from tests.support.services import FEEDLINE
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
 SUBSCRIPTION = "loyalty-special-offers"
-T = TypeVar("T")
 
 
 def _free(port: int) -> bool:
@@ -51,16 +50,6 @@ def free_port_offset() -> int:
         if all(_free(port + offset) for port in DEFAULT_PORTS.values()):
             return offset
     raise RuntimeError("no free port offset found")
-
-
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -170,10 +159,10 @@ def test_cronjob_mode_run_now_then_status_and_once(
 ) -> None:
     folder = _copy_example(tmp_path)
     dev = start_dev(folder, "--run-now")
-    wait_for(lambda: _ready(dev), "the services")
+    wait_for(lambda: _ready(dev), what="the services")
     # --run-now: the first run starts at once (the schedule is every minute), on an empty feed.
     first = wait_for(
-        lambda: (s := dev.status()) and s["runs"] >= 1 and s, "the run-now run", timeout=30
+        lambda: (s := dev.status()) and s["runs"] >= 1 and s, what="the run-now run", timeout=30
     )
     assert first["outcome"] == "CaughtUp", first
     assert (first["position"], first["lag"]) == (0, 0)
@@ -185,13 +174,13 @@ def test_cronjob_mode_run_now_then_status_and_once(
         _post_offers(http, dev, "10% off books", "2 for 1 coffee", "free shipping")
         assert _offers(http, dev, user) == []  # nothing until the subscription runs
         dev.process.send_signal(signal.SIGUSR1)  # run now, without waiting for the minute
-        offers = wait_for(lambda: _offers(http, dev, user), "the read model", timeout=30)
+        offers = wait_for(lambda: _offers(http, dev, user), what="the read model", timeout=30)
     assert [o["description"] for o in offers] == [
         "10% off books",
         "2 for 1 coffee",
         "free shipping",
     ]
-    status = wait_for(lambda: (s := dev.status()) and s["runs"] >= 2 and s, "the second run")
+    status = wait_for(lambda: (s := dev.status()) and s["runs"] >= 2 and s, what="the second run")
     assert (status["position"], status["head"], status["lag"]) == (3, 3, 0), status
     assert status["processed"] == 3
     assert "position=3 head=3 lag=0" in dev.log()
@@ -223,22 +212,22 @@ def test_follow_mode_fills_the_read_model_continuously(
 ) -> None:
     folder = _copy_example(tmp_path, mode="Follow")
     dev = start_dev(folder, "--service", "special-offers", "--service", "loyalty-program")
-    wait_for(lambda: _ready(dev), "the services")
-    wait_for(lambda: (s := dev.status()) and s["state"] == "Following", "the follower")
+    wait_for(lambda: _ready(dev), what="the services")
+    wait_for(lambda: (s := dev.status()) and s["state"] == "Following", what="the follower")
     with httpx.Client(timeout=10) as http:
         user = _register_user(http, dev)
         _post_offers(http, dev, "10% off books")
-        wait_for(lambda: len(_offers(http, dev, user)) == 1, "the first offer", timeout=15)
+        wait_for(lambda: len(_offers(http, dev, user)) == 1, what="the first offer", timeout=15)
         _post_offers(http, dev, "2 for 1 coffee", "free shipping")
 
         def three_offers() -> list[dict[str, Any]] | None:
             offers = _offers(http, dev, user)
             return offers if len(offers) == 3 else None
 
-        offers = wait_for(three_offers, "three offers")
+        offers = wait_for(three_offers, what="three offers")
     assert offers[-1]["description"] == "free shipping"
     status = wait_for(
-        lambda: (s := dev.status()) and s["position"] == 3 and s, "the follower's summary"
+        lambda: (s := dev.status()) and s["position"] == 3 and s, what="the follower's summary"
     )
     assert (status["mode"], status["state"], status["head"], status["lag"]) == (
         "Follow",

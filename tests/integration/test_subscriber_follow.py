@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.postgres import free_port
+from tests.support.ports import free_port
 from tests.support.services import running_service
 from tests.support.subscriber_oracle import read_offers
 from tests.support.subscriber_process import LOYALTY, finish, start_subscriber, subscriber_env

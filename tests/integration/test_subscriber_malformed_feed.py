@@ -19,7 +19,7 @@ from starlette.responses import Response
 from feedline_subscriber.runner import run_subscription
 from feedline_subscriber.settings import load_settings
 from feedline_subscriber.summary import Outcome
-from tests.support.postgres import free_port
+from tests.support.ports import free_port
 from tests.support.subscriber_feed import FakeFeed, fake_feed, special_offer_event
 from tests.support.subscriber_oracle import checkpoint_position, read_offers
 from tests.support.subscriber_process import LOYALTY

@@ -56,7 +56,7 @@ OPERATOR_RELEASE = "feedline"
 def install_crd(api: Any) -> None:
     """Create or update the CRD from the chart, and wait until it is served."""
     from tests.support.kube import apis
-    from tests.support.kube.wait import wait_for
+    from tests.support.wait import wait_for
 
     extensions = apis.apiextensions(api)
     body = crd()

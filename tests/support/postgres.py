@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from tests.support.ports import free_port
 from tests.support.processes import stop
 
 INSTALL_HINT = (
@@ -57,12 +57,6 @@ def find_bin_dir() -> Path:
         if (Path(candidate) / "initdb").exists():
             return Path(candidate)
     raise RuntimeError(INSTALL_HINT)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_postgres_user() -> list[str]:

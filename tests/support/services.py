@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from tests.support.postgres import free_port
+from tests.support.ports import free_port
 from tests.support.processes import stop
 
 FEEDLINE = str(Path(sys.executable).with_name("feedline"))

@@ -20,7 +20,7 @@ from kubernetes import client
 from tests.support.kube import apis
 from tests.support.kube.binaries import find_binaries
 from tests.support.kube.controlplane import ControlPlane
-from tests.support.kube.wait import wait_for
+from tests.support.wait import wait_for
 
 EXTERNAL_KUBECONFIG_ENV = "FEEDLINE_TEST_KUBECONFIG"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -24,6 +23,7 @@ import yaml
 
 from tests.support.kube.binaries import Binaries
 from tests.support.kube.pki import CertificateAuthority, CertPair, write_service_account_keys
+from tests.support.ports import free_port
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 
@@ -50,13 +50,6 @@ CONTROLLERS = (
 
 class ControlPlaneError(RuntimeError):
     """A component did not start or did not become ready."""
-
-
-def free_port() -> int:
-    """A free loopback port (the tiny race with other processes is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -12,7 +12,7 @@ T = TypeVar("T")
 def wait_for(
     probe: Callable[[], T | None],
     *,
-    timeout: float,
+    timeout: float = 30,
     interval: float = 0.25,
     what: str = "condition",
 ) -> T:
