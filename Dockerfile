@@ -28,6 +28,7 @@ RUN --mount=type=secret,id=pip-cert \
     if [ -s /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi; \
     /opt/feedline/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt \
  && /opt/feedline/bin/pip install --only-binary=:all: -r /tmp/requirements.txt
+COPY contracts ./contracts
 COPY services ./services
 COPY cronjobs ./cronjobs
 COPY operator ./operator

@@ -22,7 +22,7 @@ install: $(VENV)/.installed ## Create .venv and install feedline with its dev to
 lint: install ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services cronjobs operator tests bench
+	$(VENV)/bin/mypy contracts services cronjobs operator tests bench
 
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting
@@ -51,9 +51,13 @@ bench: install controlplane ## Benchmarks: print throughput and latency figures 
 	$(PY) -m bench.bench_operator
 
 .PHONY: test
-test: install lint controlplane ## Everything: lint, every test tier, then the benchmarks
-	$(VENV)/bin/pytest -m 'not kind' $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory bench
+test: install lint controlplane ## Everything: lint, the benchmarks, then every test tier
+	@# The benchmarks run first and a failure of either does not stop the
+	@# other: a run always prints its figures, and pytest's summary closes it.
+	@bench_status=0; $(MAKE) --no-print-directory bench || bench_status=$$?; \
+	pytest_status=0; $(VENV)/bin/pytest -m 'not e2e' $(PYTEST_ARGS) || pytest_status=$$?; \
+	if [ $$bench_status -ne 0 ]; then echo "make test: the benchmarks failed (exit $$bench_status)" >&2; fi; \
+	[ $$bench_status -eq 0 ] && [ $$pytest_status -eq 0 ]
 
 # --- Images and kind ---------------------------------------------------------
 IMAGE ?= feedline:0.1.0
@@ -108,8 +112,8 @@ kind-up: image ## kind cluster from kind-config.yaml, image loaded, operator + d
 	@echo "kind-up: ready. export KUBECONFIG=$(KIND_KUBECONFIG); curl localhost:8001/health/ready"
 
 .PHONY: kind-test
-kind-test: install ## The cluster and kind tiers against the kind cluster of kind-up
-	FEEDLINE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(VENV)/bin/pytest -m 'cluster or kind' $(PYTEST_ARGS)
+kind-test: install ## The cluster and e2e tiers against the kind cluster of kind-up
+	FEEDLINE_TEST_KUBECONFIG=$(KIND_KUBECONFIG) $(VENV)/bin/pytest -m 'cluster or e2e' $(PYTEST_ARGS)
 
 .PHONY: kind-down
 kind-down: ## Delete the kind cluster

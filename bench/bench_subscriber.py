@@ -26,6 +26,16 @@ average is printed with the figures).
 
 Also measured: follow-mode latency, from a command's 201 to its row in the
 read model, with a ``--follow`` subscriber long-polling the feed.
+
+Correctness is checked, not assumed: the subscriber's summary must say it
+processed N events, and each read model (the subscriber's after every run, the
+COPY's, the baseline's) must hold exactly its events' rows: one per offer, no
+offer twice, none missing, each with its own description and position; every
+follow-mode sample must reach the read model within FOLLOW_TIMEOUT_SECONDS.
+When a check fails the benchmark stops, says which check on stderr and exits
+with status 1 (``bench.checks``). The conditions (PostgreSQL's durability
+settings and version, the file system holding its data, cores, load average,
+event counts, runs) are printed with the figures.
 """
 
 from __future__ import annotations
@@ -34,10 +44,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import platform
 import signal
 import statistics
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -48,8 +60,33 @@ from tests.support.postgres import throwaway_postgres
 from tests.support.services import running_service
 from tests.support.subscriber_process import LOYALTY, finish, start_subscriber, subscriber_env
 
+from bench.checks import (
+    CheckError,
+    cores,
+    count_problems,
+    fail_and_exit,
+    filesystem_of,
+    load_average,
+    ratio,
+    read_model_problems,
+    require,
+    significant,
+)
 from feedline.chassis.database import connect_database
 from feedline.chassis.eventstore import EventStore, NewEvent
+
+SUBSCRIBER_PAGE = 10_000
+BASELINE_PAGE = 100
+# A follow-mode sample whose row has not appeared by then fails the benchmark.
+FOLLOW_TIMEOUT_SECONDS = 30.0
+# PostgreSQL settings that decide what a commit costs; printed with the figures.
+DURABILITY_SETTINGS = (
+    "fsync",
+    "synchronous_commit",
+    "full_page_writes",
+    "wal_sync_method",
+    "wal_level",
+)
 
 LOYALTY_TABLE = """
 CREATE TABLE loyalty_special_offers (
@@ -111,13 +148,18 @@ def seconds_between(start: str, end: str) -> float:
 
 def run_subscriber_process(feed_url: str, read_model: str, count: int) -> float:
     environment = subscriber_env(
-        "bench", feed_url, read_model, LOYALTY, FEEDLINE_BATCH_SIZE="10000"
+        "bench", feed_url, read_model, LOYALTY, FEEDLINE_BATCH_SIZE=str(SUBSCRIBER_PAGE)
     )
     done = finish(start_subscriber(environment), timeout=3600)
     if done.returncode != 0:
-        raise RuntimeError(f"subscriber failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+        raise CheckError(
+            f"subscriber exited with {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}"
+        )
     summary = done.summary
-    assert summary["processed"] == count, summary
+    require(
+        "subscriber summary",
+        count_problems("events processed", int(summary.get("processed", -1)), count),
+    )
     return seconds_between(summary["startTime"], summary["completionTime"])
 
 
@@ -151,7 +193,7 @@ async def run_baseline(feed_url: str, read_model: str, count: int) -> float:
         async with httpx.AsyncClient(timeout=30) as client:
             start = 1
             while start <= count:
-                answer = await client.get(feed_url, params={"start": start, "limit": 100})
+                answer = await client.get(feed_url, params={"start": start, "limit": BASELINE_PAGE})
                 answer.raise_for_status()
                 events = orjson.loads(answer.content)
                 if not events:
@@ -180,12 +222,34 @@ async def run_baseline(feed_url: str, read_model: str, count: int) -> float:
         await connection.close()
 
 
-async def count_rows(read_model: str) -> int:
+async def check_read_model(what: str, read_model: str, count: int) -> None:
+    """Fail unless the read model holds exactly the rows of events 1..count."""
     connection = await asyncpg.connect(read_model)
     try:
-        return int(await connection.fetchval("SELECT count(*) FROM loyalty_special_offers"))
+        rows = await connection.fetch(
+            "SELECT offer_id, description, last_sequence_number FROM loyalty_special_offers"
+        )
     finally:
         await connection.close()
+    require(
+        f"{what} read model",
+        read_model_problems(((r[0], r[1], r[2]) for r in rows), count, description),
+    )
+
+
+async def server_conditions(server_url: str) -> dict[str, str]:
+    """The server's version and durability settings, and where its data lives."""
+    connection = await asyncpg.connect(server_url)
+    try:
+        settings = {
+            name: str(await connection.fetchval(f"SHOW {name}")) for name in DURABILITY_SETTINGS
+        }
+        settings["server_version"] = str(await connection.fetchval("SHOW server_version"))
+        data = Path(str(await connection.fetchval("SHOW data_directory")))
+    finally:
+        await connection.close()
+    settings["data_directory"] = f"{data} on {filesystem_of(data)}"
+    return settings
 
 
 async def follow_latency(base_url: str, read_model: str, samples: int) -> list[float]:
@@ -214,9 +278,14 @@ async def follow_latency(base_url: str, read_model: str, samples: int) -> list[f
                 answer.raise_for_status()
                 answered = time.perf_counter()
                 offer = answer.json()["id"]
-                while not await connection.fetchval(  # noqa: ASYNC110 - another process writes
+                while not await connection.fetchval(
                     "SELECT 1 FROM loyalty_special_offers WHERE offer_id = $1", offer
                 ):
+                    if time.perf_counter() - answered > FOLLOW_TIMEOUT_SECONDS:
+                        raise CheckError(
+                            f"follow mode: offer {offer} (sample {number + 1}) not in the "
+                            f"read model {FOLLOW_TIMEOUT_SECONDS:.0f} s after its 201"
+                        )
                     await asyncio.sleep(0.001)
                 latencies.append(time.perf_counter() - answered)
                 await asyncio.sleep(0.2)
@@ -231,17 +300,35 @@ async def follow_latency(base_url: str, read_model: str, samples: int) -> list[f
     return latencies
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
+def conditions(
+    postgres: dict[str, str], events: int, baseline_events: int, runs: int, samples: int
+) -> list[str]:
+    durability = ", ".join(f"{name}={postgres[name]}" for name in DURABILITY_SETTINGS)
+    return [
+        f"PostgreSQL {postgres['server_version']}: one throwaway server holding the service's "
+        "database and every read model",
+        f"PostgreSQL durability: {durability}",
+        f"PostgreSQL data directory: {postgres['data_directory']}",
+        f"subscriber and COPY: {events:,} events, {runs} run(s) each, alternating, "
+        f"each into a new database{', medians reported' if runs > 1 else ''}",
+        f"baseline: the first {baseline_events:,} events, 1 run, pages of {BASELINE_PAGE}, "
+        "one INSERT and one commit per event",
+        f"subscriber pages: {SUBSCRIBER_PAGE:,}; follow-mode samples: {samples}",
+        f"machine: {cores()} cores shared by the service, the subscriber, PostgreSQL and "
+        f"whatever else runs; Python {platform.python_version()}",
+    ]
 
 
 async def main(events: int, baseline_events: int, latency_samples: int, runs: int) -> None:
     with throwaway_postgres(durable=True) as server:
         server_url = server.url()
         await wait_connectable(server_url)
+        postgres = await server_conditions(server_url)
+        conditions_lines = conditions(postgres, events, baseline_events, runs, latency_samples)
+        print("conditions:")
+        for line in conditions_lines:
+            print(f"  {line}")
+        print(f"  load average at start: {load_average()}", flush=True)
         read_models = [f"rm_subscriber_{run}" for run in range(runs)]
         copies = [f"rm_copy_{run}" for run in range(runs)]
         await create_databases(
@@ -256,61 +343,117 @@ async def main(events: int, baseline_events: int, latency_samples: int, runs: in
 
             subscriber_runs: list[float] = []
             copy_runs: list[float] = []
-            for read_model, copy in zip(read_models, copies, strict=True):
+            for run, (read_model, copy) in enumerate(zip(read_models, copies, strict=True), 1):
                 subscriber_runs.append(
                     run_subscriber_process(feed_url, server.url(read_model), events)
                 )
-                assert await count_rows(server.url(read_model)) == events
+                await check_read_model(f"subscriber run {run}", server.url(read_model), events)
                 copy_runs.append(await run_copy(server.url(copy), events))
+                await check_read_model(f"COPY run {run}", server.url(copy), events)
                 print(
-                    f"run {len(subscriber_runs)}: subscriber {subscriber_runs[-1]:.2f} s, "
-                    f"COPY {copy_runs[-1]:.2f} s",
+                    f"run {run}: subscriber {subscriber_runs[-1]:.3f} s, "
+                    f"COPY {copy_runs[-1]:.3f} s (both read models checked: "
+                    f"{events:,} rows, one per offer, none missing or wrong)",
                     flush=True,
                 )
             load_after = load_average()
-            subscriber_seconds = statistics.median(subscriber_runs)
-            copy_seconds = statistics.median(copy_runs)
             baseline_seconds = await run_baseline(
                 feed_url, server.url("rm_baseline"), baseline_events
             )
-            assert await count_rows(server.url("rm_baseline")) == baseline_events
+            await check_read_model("baseline", server.url("rm_baseline"), baseline_events)
             latencies = await follow_latency(base_url, server.url("rm_follow"), latency_samples)
 
+    report(
+        Figures(
+            events,
+            baseline_events,
+            latency_samples,
+            runs,
+            conditions_lines,
+            load_before,
+            load_after,
+            subscriber_runs,
+            copy_runs,
+            baseline_seconds,
+            latencies,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Figures:
+    events: int
+    baseline_events: int
+    latency_samples: int
+    runs: int
+    conditions: list[str]
+    load_before: str
+    load_after: str
+    subscriber_runs: list[float]
+    copy_runs: list[float]
+    baseline_seconds: float
+    latencies: list[float]
+
+
+def report(figures: Figures) -> None:
+    events, baseline_events, runs = figures.events, figures.baseline_events, figures.runs
+    subscriber_runs, copy_runs = figures.subscriber_runs, figures.copy_runs
+    latencies, latency_samples = figures.latencies, figures.latency_samples
+    subscriber_seconds = statistics.median(subscriber_runs)
+    copy_seconds = statistics.median(copy_runs)
+    baseline_seconds = figures.baseline_seconds
     subscriber_rate = events / subscriber_seconds
     copy_rate = events / copy_seconds
     baseline_rate = baseline_events / baseline_seconds
     print()
+    print(f"PostgreSQL feed -> PostgreSQL read model, {events:,} events")
+    print("conditions:")
+    for line in figures.conditions:
+        print(f"  {line}")
     print(
-        f"PostgreSQL feed -> PostgreSQL read model, {events:,} events "
-        f"(durable server, {os.cpu_count()} cores shared by service, subscriber and PostgreSQL; "
-        f"load average {load_before} before, {load_after} after)"
+        f"  load average (1, 5, 15 min): {figures.load_before} before the runs, "
+        f"{figures.load_after} after"
     )
     median = f", median of {runs}" if runs > 1 else ""
     print(f"{'':44}{'events':>10}{'seconds':>10}{'events/s':>12}")
     for name, count, seconds in (
-        (f"subscriber (pages of 10,000{median})", events, subscriber_seconds),
+        (f"subscriber (pages of {SUBSCRIBER_PAGE:,}{median})", events, subscriber_seconds),
         (f"COPY of the same rows{median}", events, copy_seconds),
-        ("baseline (pages of 100, commit/event)", baseline_events, baseline_seconds),
+        (f"baseline (pages of {BASELINE_PAGE}, commit/event)", baseline_events, baseline_seconds),
     ):
-        print(f"{name[:44]:44}{count:>10,}{seconds:>10.2f}{count / seconds:>12,.0f}")
+        print(f"{name[:44]:44}{count:>10,}{seconds:>10.3f}{count / seconds:>12,.0f}")
     if runs > 1:
         print(
             "  each run, subscriber s: "
-            + ", ".join(f"{seconds:.2f}" for seconds in subscriber_runs)
+            + ", ".join(f"{seconds:.3f}" for seconds in subscriber_runs)
             + "; COPY s: "
-            + ", ".join(f"{seconds:.2f}" for seconds in copy_runs)
+            + ", ".join(f"{seconds:.3f}" for seconds in copy_runs)
         )
-    print(f"subscriber / COPY:      {subscriber_rate / copy_rate:.2f}  (target >= 0.25)")
-    print(f"subscriber / baseline:  {subscriber_rate / baseline_rate:.1f}x (target >= 20x)")
+    to_copy = subscriber_rate / copy_rate
+    to_baseline = subscriber_rate / baseline_rate
+    print(
+        f"subscriber / COPY:      {ratio(subscriber_rate, copy_rate)} events/s over rows/s "
+        f"(target >= 0.2500: {'met' if to_copy >= 0.25 else 'NOT met'})"
+    )
+    print(
+        f"subscriber / baseline:  {ratio(subscriber_rate, baseline_rate)} events/s "
+        f"(target >= 20.00: {'met' if to_baseline >= 20 else 'NOT met'})"
+    )
     if latencies:
         ordered = sorted(latencies)
         p95 = ordered[max(int(len(ordered) * 0.95) - 1, 0)]
         print(
             "follow-mode latency, command answered -> row in read model "
             f"({len(latencies)} samples): "
-            f"median {statistics.median(latencies) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
-            f"max {max(latencies) * 1000:.0f} ms"
+            f"median {significant(statistics.median(latencies) * 1000, 3)} ms, "
+            f"p95 {significant(p95 * 1000, 3)} ms, max {significant(max(latencies) * 1000, 3)} ms"
         )
+    print(
+        f"checks passed: subscriber summaries said {events:,} processed; each subscriber and "
+        f"COPY read model ({runs} of each) held exactly rows 1..{events:,}, the baseline's "
+        f"1..{baseline_events:,} (no offer twice, none missing, none wrong); "
+        f"{len(latencies)} of {latency_samples} follow-mode samples arrived"
+    )
 
 
 def cli() -> None:
@@ -332,10 +475,14 @@ def cli() -> None:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    baseline_events = args.baseline_events or args.events
+    if not 1 <= baseline_events <= args.events:
+        parser.error("--baseline-events must be between 1 and --events")
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
-    asyncio.run(
-        main(args.events, args.baseline_events or args.events, args.latency_samples, args.runs)
-    )
+    try:
+        asyncio.run(main(args.events, baseline_events, args.latency_samples, args.runs))
+    except CheckError as failure:
+        fail_and_exit(parser.prog, failure)
 
 
 if __name__ == "__main__":

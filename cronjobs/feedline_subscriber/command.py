@@ -20,7 +20,6 @@ import structlog
 import typer
 
 from feedline_subscriber import environment as env
-from feedline_subscriber.faults import fault_plan_from_environment
 from feedline_subscriber.projection import load_projection
 from feedline_subscriber.runner import run_subscription
 from feedline_subscriber.settings import SettingsError, SubscriberSettings, load_settings
@@ -68,7 +67,6 @@ async def _serve_and_run(settings: SubscriberSettings) -> Summary:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    fault = fault_plan_from_environment()
     latest = Summary(
         subscription=settings.subscription,
         position=None,
@@ -91,7 +89,7 @@ async def _serve_and_run(settings: SubscriberSettings) -> Summary:
         port = await server.start()
         structlog.get_logger("feedline.subscriber").info("status server", port=port)
     try:
-        summary = await run_subscription(settings, stop=stop, on_progress=remember, fault=fault)
+        summary = await run_subscription(settings, stop=stop, on_progress=remember)
         remember(summary)
         return summary
     finally:
@@ -149,7 +147,7 @@ def subscribe(
         str | None,
         typer.Option(
             envvar=env.FEED_AUTH,
-            help="none | token | serviceaccount (default none).",
+            help="None | Token | ServiceAccountToken, in any letter case (default None).",
             show_default=False,
         ),
     ] = None,
@@ -157,7 +155,7 @@ def subscribe(
         Path | None,
         typer.Option(
             envvar=env.FEED_TOKEN_FILE,
-            help="File holding the bearer token (token, serviceaccount).",
+            help="File holding the bearer token (Token, ServiceAccountToken).",
             show_default=False,
         ),
     ] = None,
@@ -264,12 +262,23 @@ def subscribe(
             show_default=False,
         ),
     ] = None,
+    database_retries: Annotated[
+        int | None,
+        typer.Option(
+            envvar=env.DATABASE_RETRIES,
+            help="Retries of a read-model database not reachable yet, 0..100 (default 8).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Read an event feed into a read model: one run, or --follow.
 
     Prints a one-line JSON summary on stdout (and to the termination-message
     file). Exit codes: 0 caught up, progressed or locked by another run;
-    1 failed; 2 bad flags or configuration; 3 halted at a poison event.
+    1 failed: the feed or the read-model database still unreachable after its
+    retries (the message names it, password hidden, and what to do), a login
+    refused, a protocol error or a projection that cannot be imported;
+    2 bad flags or configuration; 3 halted at a poison event.
     """
     try:
         settings = load_settings(
@@ -293,8 +302,8 @@ def subscribe(
             termination_log=termination_log,
             feed_wait_seconds=feed_wait_seconds,
             feed_retry_attempts=feed_retry_attempts,
+            database_retries=database_retries,
         )
-        fault_plan_from_environment()
     except (SettingsError, ValueError) as exc:
         raise _fail_usage(str(exc)) from None
     configure_logging()

@@ -7,10 +7,14 @@ passes them to local processes. Every `feedline subscribe` flag has one.
 
 from typing import Final
 
+# Every variable the subscriber reads starts with it, and the operator renders
+# them all: an EventSubscription's spec.subscriber.env may not set any.
+PREFIX: Final = "FEEDLINE_"
+
 SUBSCRIPTION: Final = "FEEDLINE_SUBSCRIPTION"
 FEED_URL: Final = "FEEDLINE_FEED_URL"
 EVENT_TYPES: Final = "FEEDLINE_EVENT_TYPES"  # comma-separated event names
-FEED_AUTH: Final = "FEEDLINE_FEED_AUTH"  # none | token | serviceaccount
+FEED_AUTH: Final = "FEEDLINE_FEED_AUTH"  # None | Token | ServiceAccountToken (any case)
 FEED_TOKEN_FILE: Final = (
     "FEEDLINE_FEED_TOKEN_FILE"  # bearer token file (Secret or projected SA token)
 )
@@ -30,16 +34,10 @@ TERMINATION_LOG: Final = "FEEDLINE_TERMINATION_LOG"  # default /dev/termination-
 
 DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
 
-# Added with the subscriber itself (same rules: the operator may render them).
+# Added with the subscriber itself (same rules: the operator renders them).
 FEED_WAIT_SECONDS: Final = "FEEDLINE_FEED_WAIT_SECONDS"  # follow mode: long-poll seconds (0..30)
 FEED_RETRY_ATTEMPTS: Final = "FEEDLINE_FEED_RETRY_ATTEMPTS"  # transient feed errors: retries
-UPSERT_KEY_FIELD: Final = "FEEDLINE_UPSERT_KEY_FIELD"  # projections.upsert: the content key field
-UPSERT_DELETE_EVENTS: Final = (
-    "FEEDLINE_UPSERT_DELETE_EVENTS"  # projections.upsert: names that delete
-)
-
-# Tests only: never rendered by the operator. Makes the process SIGKILL itself
-# at a chosen point of a chosen batch (see feedline_subscriber.faults).
-FAULT_INJECTION: Final = "FEEDLINE_SUBSCRIBER_FAULT"
+# The read-model database unreachable at the start of a run: retries.
+DATABASE_RETRIES: Final = "FEEDLINE_DATABASE_RETRIES"
 
 DEFAULT_SERVICEACCOUNT_TOKEN_FILE: Final = "/var/run/secrets/feedline/token"

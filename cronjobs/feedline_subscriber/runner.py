@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline.chassis.database import Database, connect_database
+from feedline.chassis.database import Database, DatabaseUnavailableError, connect_database
 from feedline_subscriber.checkpoint import (
     SQLITE_LEASE_SECONDS,
     Checkpoint,
@@ -32,9 +32,9 @@ from feedline_subscriber.checkpoint import (
     SubscriptionLock,
     create_subscriber_tables,
 )
-from feedline_subscriber.faults import FaultPlan
 from feedline_subscriber.feed_client import Event, FeedClient, FeedProtocolError, Page
 from feedline_subscriber.projection import Projection, ProjectionContext, load_projection
+from feedline_subscriber.read_model import read_model_connection
 from feedline_subscriber.settings import PoisonPolicy, SubscriberSettings
 from feedline_subscriber.summary import Outcome, Summary, utc_now
 
@@ -117,15 +117,12 @@ class SubscriberRun:
         *,
         stop: asyncio.Event,
         on_progress: Callable[[Summary], None] | None = None,
-        fault: FaultPlan | None = None,
     ) -> None:
         self.settings = settings
         self.stop = stop
         self.on_progress = on_progress
-        self.fault = fault
         self.state = RunState(settings.subscription)
         self.checkpoints = CheckpointStore(settings.subscription)
-        self.batch_number = 0
         self.projection: Projection
         self.database: Database
         self.lock: SubscriptionLock
@@ -135,10 +132,6 @@ class SubscriberRun:
             token_file=settings.token_file(),
             retry_attempts=settings.feed_retry_attempts,
         )
-
-    def _reached(self, point: str) -> None:
-        if self.fault is not None:
-            self.fault.reached(point, self.batch_number)
 
     def _report(self) -> None:
         if self.on_progress is not None:
@@ -158,6 +151,10 @@ class SubscriberRun:
         except HaltedError as exc:
             self.state.message = str(exc)
             return self.state.summary(Outcome.HALTED)
+        except DatabaseUnavailableError as exc:  # says which database and what to do
+            log.error("run failed", error=str(exc))
+            self.state.message = str(exc)
+            return self.state.summary(Outcome.FAILED)
         except Exception as exc:
             log.error("run failed", error=describe(exc), traceback=traceback.format_exc())
             self.state.message = describe(exc)
@@ -169,7 +166,12 @@ class SubscriberRun:
     async def _locked_run(self) -> Summary:
         dialect = self.database.dialect
         self.lock = SubscriptionLock(self.settings.subscription, dialect)
-        async with self.database.engine.connect() as connection:
+        async with read_model_connection(
+            self.database,
+            self.settings.database_url,
+            retry_attempts=self.settings.database_retries,
+            stop=self.stop,
+        ) as connection:
             while not await self.lock.try_acquire(connection):
                 if not self.settings.follow:
                     self.state.message = (
@@ -314,8 +316,6 @@ class SubscriberRun:
                 page = await self._next_page(pending.popleft().task)
                 if page is None:
                     break
-                self.batch_number += 1
-                self._reached("after-fetch")
                 events, new_position = page.events, page.next_start - 1
                 budget = self._budget_left()
                 if budget is not None and len(events) > budget:
@@ -348,7 +348,6 @@ class SubscriberRun:
                     await self._apply(connection, events, position, new_position)
                     position = new_position
                     self.state.position = position
-                    self._reached("after-commit")
                 self._report()
                 if self.stop.is_set():
                     break
@@ -362,7 +361,6 @@ class SubscriberRun:
         context = self._context(connection)
         try:
             async with connection.begin():
-                self._reached("during-write")
                 await self.lock.fence(connection)
                 if events:
                     try:
@@ -370,8 +368,6 @@ class SubscriberRun:
                     except Exception as exc:
                         raise _ProjectionFailedError(exc) from exc
                 await self.checkpoints.advance(connection, old, new)
-                self._reached("before-commit")
-                self._reached("during-commit")
             self.state.processed += len(events)
         except _ProjectionFailedError as failed:
             log.warning(
@@ -400,8 +396,6 @@ class SubscriberRun:
                     poison = int(exc.args[1])
                     if poison - 1 > old:
                         await self.checkpoints.advance(connection, old, poison - 1)
-                self._reached("before-commit")
-                self._reached("during-commit")
         except BaseException:
             self.state.processed, self.state.dead_lettered = counts  # nothing was committed
             raise
@@ -471,13 +465,10 @@ async def run_subscription(
     *,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[Summary], None] | None = None,
-    fault: FaultPlan | None = None,
 ) -> Summary:
     """Run one subscriber pass (or follow, with ``settings.follow``) and return its summary."""
     started = time.monotonic()
-    run = SubscriberRun(
-        settings, stop=stop or asyncio.Event(), on_progress=on_progress, fault=fault
-    )
+    run = SubscriberRun(settings, stop=stop or asyncio.Event(), on_progress=on_progress)
     summary = await run.execute()
     log.info(
         "run finished",

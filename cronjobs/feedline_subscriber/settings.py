@@ -19,18 +19,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feedline.chassis.database import DatabaseUrl
 from feedline.chassis.eventstore import EVENT_NAME_PATTERN
+from feedline_contracts.auth import FeedAuth, refuse_old_names
 from feedline_subscriber import environment as env
 
 MAX_PAGE_SIZE = 10_000  # the feed protocol's largest `limit`
 MAX_WAIT_SECONDS = 30.0  # the feed protocol's largest `wait`
 SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-
-
-class FeedAuth(StrEnum):
-    NONE = "none"
-    TOKEN = "token"  # a static bearer token read from a file (a mounted Secret)
-    SERVICEACCOUNT = "serviceaccount"  # a projected ServiceAccount token (audience feedline)
 
 
 class PoisonPolicy(StrEnum):
@@ -62,6 +57,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "termination_log": ("--termination-log", env.TERMINATION_LOG),
     "feed_wait_seconds": ("--feed-wait-seconds", env.FEED_WAIT_SECONDS),
     "feed_retry_attempts": ("--feed-retry-attempts", env.FEED_RETRY_ATTEMPTS),
+    "database_retries": ("--database-retries", env.DATABASE_RETRIES),
 }
 
 
@@ -112,6 +108,13 @@ class SubscriberSettings(BaseSettings):
     feed_retry_attempts: int = Field(
         default=8, ge=0, le=100, validation_alias=env.FEED_RETRY_ATTEMPTS
     )
+    database_retries: int = Field(
+        default=8,
+        ge=0,
+        le=100,
+        validation_alias=env.DATABASE_RETRIES,
+        description="retries of a read-model database that cannot be reached yet",
+    )
 
     @field_validator("subscription")
     @classmethod
@@ -150,7 +153,8 @@ class SubscriberSettings(BaseSettings):
     @field_validator("feed_auth", mode="before")
     @classmethod
     def _feed_auth(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
+        # The CRD's names, in any letter case (FeedAuth); the old ones are refused.
+        return refuse_old_names(value) if isinstance(value, str) else value
 
     @field_validator("projection")
     @classmethod
@@ -193,7 +197,7 @@ class SubscriberSettings(BaseSettings):
         if self.feed_auth is FeedAuth.TOKEN and self.feed_token_file is None:
             raise ValueError(
                 f"{FLAGS['feed_token_file'][0]} ({env.FEED_TOKEN_FILE}) is required when "
-                f"{FLAGS['feed_auth'][0]} is token"
+                f"{FLAGS['feed_auth'][0]} is {FeedAuth.TOKEN.value}"
             )
         return self
 

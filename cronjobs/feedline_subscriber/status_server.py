@@ -2,8 +2,9 @@
 
 ``GET /summary`` (also ``/``) answers the latest summary as JSON, the same
 document a CronJob run leaves as its termination message; ``GET /healthz``
-answers 200 while the follower works and 503 once it has failed. The
-operator polls it; nothing else listens. A tiny asyncio server keeps the
+answers 200 while the follower works and 503 once it has failed. The paths
+and the port are contracts (`feedline_contracts.follower`): the operator
+and `feedline dev` read them, the rendered probes point at them. A tiny asyncio server keeps the
 subscriber free of a web framework.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
+from feedline_contracts.follower import HEALTH_PATH, STATUS_PORT, SUMMARY_PATH
 from feedline_subscriber.summary import Outcome, Summary
 
 REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
@@ -25,7 +27,7 @@ class StatusServer:
         self,
         latest: Callable[[], Summary],
         host: str = "0.0.0.0",  # noqa: S104 - the pod's port, read by the operator
-        port: int = 8080,
+        port: int = STATUS_PORT,
     ) -> None:
         self.latest = latest
         self.host = host
@@ -48,9 +50,9 @@ class StatusServer:
         if method not in ("GET", "HEAD"):
             return 405, b'{"error":"only GET"}'
         summary = self.latest()
-        if path in ("/", "/summary"):
+        if path in ("/", SUMMARY_PATH):
             return 200, summary.to_json()
-        if path in ("/healthz", "/health"):
+        if path == HEALTH_PATH:
             healthy = summary.outcome not in (Outcome.FAILED, Outcome.HALTED)
             return (
                 (200, b'{"status":"ok"}')

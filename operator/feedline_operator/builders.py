@@ -11,13 +11,15 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedline_contracts.follower import HEALTH_PATH
 from feedline_operator import names
 from feedline_operator.spec import EventSubscription, Quantities
 from feedline_subscriber import environment as env_names
 
 Manifest = dict[str, Any]
 
-# Every variable the operator may render; the CRD refuses them in spec.subscriber.env.
+# Every variable the operator may render; the CRD refuses these (every FEEDLINE_*
+# name) in spec.subscriber.env.
 RENDERED_ENV = (
     env_names.SUBSCRIPTION,
     env_names.FEED_URL,
@@ -37,9 +39,10 @@ RENDERED_ENV = (
     env_names.FOLLOW,
     env_names.STATUS_PORT,
     env_names.TERMINATION_LOG,
+    env_names.FEED_WAIT_SECONDS,
+    env_names.FEED_RETRY_ATTEMPTS,
+    env_names.DATABASE_RETRIES,
 )
-
-_FEED_AUTH = {"None": "none", "Token": "token", "ServiceAccountToken": "serviceaccount"}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,10 @@ def _metadata(sub: EventSubscription, defaults: ChildDefaults, name: str) -> Man
     }
 
 
+def _optional(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
 def subscriber_env(sub: EventSubscription) -> list[Manifest]:
     """The container's env: every subscriber setting, from the spec.
 
@@ -121,7 +128,8 @@ def subscriber_env(sub: EventSubscription) -> list[Manifest]:
         (env_names.SUBSCRIPTION, sub.name),
         (env_names.FEED_URL, spec.feed.url),
         (env_names.EVENT_TYPES, ",".join(spec.feed.event_types) or None),
-        (env_names.FEED_AUTH, _FEED_AUTH[spec.feed.auth.type]),
+        # The CRD's names are the subscriber's too (feedline_contracts.auth.FeedAuth).
+        (env_names.FEED_AUTH, spec.feed.auth.type),
         (
             env_names.FEED_TOKEN_FILE,
             f"{names.FEED_TOKEN_DIR}/{names.FEED_TOKEN_FILE}"
@@ -147,6 +155,9 @@ def subscriber_env(sub: EventSubscription) -> list[Manifest]:
         (env_names.FOLLOW, "true" if follow else None),
         (env_names.STATUS_PORT, str(names.STATUS_PORT) if follow else None),
         (env_names.TERMINATION_LOG, names.TERMINATION_MESSAGE_PATH),
+        (env_names.FEED_WAIT_SECONDS, _optional(spec.feed.wait_seconds)),
+        (env_names.FEED_RETRY_ATTEMPTS, _optional(spec.feed.retry_attempts)),
+        (env_names.DATABASE_RETRIES, _optional(spec.read_model.retry_attempts)),
     ]
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain if v is not None]
     dsn = spec.read_model.database_secret_ref
@@ -244,7 +255,7 @@ def subscriber_container(sub: EventSubscription, defaults: ChildDefaults) -> Man
         container["ports"] = [
             {"name": "status", "containerPort": names.STATUS_PORT, "protocol": "TCP"}
         ]
-        probe = {"httpGet": {"path": "/healthz", "port": "status"}, "periodSeconds": 10}
+        probe = {"httpGet": {"path": HEALTH_PATH, "port": "status"}, "periodSeconds": 10}
         container["livenessProbe"] = {**probe, "failureThreshold": 6}
         container["readinessProbe"] = probe
     return container

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from enum import StrEnum
 from typing import Annotated
 
@@ -14,6 +15,31 @@ from feedline_operator.builders import ChildDefaults
 class LogFormat(StrEnum):
     json = "json"
     plain = "plain"
+
+
+def credentials_problem(kubeconfig: str | None) -> str | None:
+    """Why the operator could not reach the API with these credentials, or None.
+
+    kopf would otherwise retry a kubeconfig that can never work, every minute,
+    forever. KUBECONFIG may list files (kubectl's rules: missing ones are skipped).
+    """
+    from feedline_operator.kube import load_api_client
+
+    if kubeconfig:
+        files = [path for path in kubeconfig.split(os.pathsep) if path]
+        if not any(os.path.isfile(path) for path in files):
+            return f"--kubeconfig (KUBECONFIG): {kubeconfig}: no such file"
+    try:
+        load_api_client(kubeconfig).close()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the kubernetes package raises several kinds
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if kubeconfig:
+            return f"--kubeconfig (KUBECONFIG): {kubeconfig}: not a usable kubeconfig: {detail}"
+        return (
+            "no Kubernetes credentials: not running in a pod, and the default kubeconfig "
+            f"(~/.kube/config) cannot be used ({detail}); pass --kubeconfig"
+        )
+    return None
 
 
 def operator(
@@ -63,7 +89,11 @@ def operator(
     log_format: Annotated[LogFormat, typer.Option(help="json or plain.")] = LogFormat.json,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
 ) -> None:
-    """Run the kopf operator that turns EventSubscriptions into CronJobs or Deployments."""
+    """Run the kopf operator that turns EventSubscriptions into CronJobs or Deployments.
+
+    Exit codes: 0 stopped (SIGTERM, Ctrl-C); 2 bad flags, or a kubeconfig that
+    is missing or unusable (checked before the operator starts).
+    """
     if image_pull_policy not in ("Always", "IfNotPresent", "Never"):
         raise typer.BadParameter(
             f"{image_pull_policy!r}: use Always, IfNotPresent or Never",
@@ -77,6 +107,10 @@ def operator(
         raise typer.BadParameter(
             "use either --namespace or --all-namespaces", param_hint="--all-namespaces"
         )
+    problem = credentials_problem(kubeconfig)
+    if problem is not None:
+        typer.echo(f"feedline operator: {problem}", err=True)
+        raise typer.Exit(2)
     # kopf is imported here: `feedline --help` and other subcommands stay fast.
     import kopf
 

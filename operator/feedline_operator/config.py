@@ -21,7 +21,7 @@ class OperatorConfig:
     # Every subscription is reconciled at least this often (a safety net; child
     # events correct drift within seconds).
     resync_seconds: float = 60.0
-    # Follow mode: how often the follower's /status is read.
+    # Follow mode: how often the follower's summary (feedline_contracts.follower) is read.
     follow_poll_seconds: float = 10.0
     # Threads for the (synchronous) handlers.
     workers: int = 8

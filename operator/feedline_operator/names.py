@@ -3,6 +3,7 @@
 import posixpath
 from typing import Final
 
+from feedline_contracts import auth, follower
 from feedline_subscriber import environment
 
 GROUP: Final = "feedline.dev"
@@ -39,5 +40,5 @@ TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 # where the subscriber looks by default: FEED_TOKEN_DIR/FEED_TOKEN_FILE.
 FEED_TOKEN_DIR: Final = posixpath.dirname(environment.DEFAULT_SERVICEACCOUNT_TOKEN_FILE)
 FEED_TOKEN_FILE: Final = posixpath.basename(environment.DEFAULT_SERVICEACCOUNT_TOKEN_FILE)
-FEED_TOKEN_AUDIENCE: Final = "feedline"
-STATUS_PORT: Final = 8080
+FEED_TOKEN_AUDIENCE: Final = auth.TOKEN_AUDIENCE
+STATUS_PORT: Final = follower.STATUS_PORT

@@ -1,23 +1,31 @@
-"""The reconcile step: make the cluster match the builders, idempotently.
+"""Reconciliation of children: make the cluster match the builders, idempotently.
 
 Safe to run any number of times, concurrently with itself (a child event and
 the subscription's own handler), and after a restart: children have fixed
 names, so a create that loses a race gets 409 and the next pass compares
 instead; a replace carries the resourceVersion it compared against.
+`reconcile_and_report` is what the handlers call: one reconcile, then its
+metrics, Events and Ready condition. `child_drifted` decides whether a change
+to a child needs one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from feedline_operator import builders, names, status
+import kopf
+import pydantic
+
+from feedline_operator import builders, metrics, names
 from feedline_operator.compare import differences
-from feedline_operator.kube import ApiError, Kube, collection_path, object_path
+from feedline_operator.kube import ApiError, Kube, object_path
+from feedline_operator.reporting import Logger, as_body
 from feedline_operator.spec import EventSubscription, SecretKeyRef
+from feedline_operator.status_writes import write_ready
 
 log = logging.getLogger(__name__)
 
@@ -187,51 +195,77 @@ def reconcile(
     return outcome
 
 
-def write_status(
+# A failing reconcile is retried this soon (kopf's default is a minute).
+RETRY_BACKOFF_SECONDS = 3.0
+
+
+def subscription_of(body: Mapping[str, Any]) -> EventSubscription:
+    """The typed subscription of a custom resource's body."""
+    try:
+        return EventSubscription.from_body(body)
+    except pydantic.ValidationError as error:  # the CRD schema should make this unreachable
+        raise kopf.PermanentError(f"spec does not match the operator's model: {error}") from error
+
+
+def reconcile_and_report(
     kube: Kube,
-    namespace: str,
-    name: str,
-    change: Callable[[Mapping[str, Any], int], dict[str, Any] | None],
-) -> bool:
-    """Read-modify-write the status; writes only when it changed. True if written.
-
-    `change(current_status, generation)` returns the new status (or None to leave
-    it). The resourceVersion makes a concurrent writer's change win a retry
-    instead of being overwritten.
-    """
-    path = object_path(names.API_VERSION, names.KIND, namespace, name)
-    for _ in range(_ATTEMPTS):
-        body = kube.get(path)
-        if body is None:
-            return False
-        current = body.get("status") or {}
-        new = change(current, int(body["metadata"].get("generation", 1)))
-        if new is None or status.same_status(current, new):
-            return False
-        patch = {
-            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
-            "status": new,
-        }
-        try:
-            kube.merge_patch(f"{path}/status", patch)
-        except ApiError as error:
-            if error.status == 409:
-                continue
-            if error.status == 404:
-                return False
-            raise
-        return True
-    raise RuntimeError(f"status of {namespace}/{name} kept changing; will retry")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def list_subscriber_pods(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
-    selector = f"{names.LABEL_SUBSCRIPTION}={name},{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
-    found = kube.request(
-        "GET", collection_path("v1", "Pod", namespace), query={"labelSelector": selector}
+    body: Mapping[str, Any],
+    defaults: builders.ChildDefaults,
+    logger: Logger,
+    trigger: str,
+) -> None:
+    """One reconcile of one subscription, then its Ready condition; Events for problems."""
+    started = time.perf_counter()
+    sub = subscription_of(body)
+    annotations = dict(body.get("metadata", {}).get("annotations") or {})
+    try:
+        outcome = reconcile(kube, sub, defaults, annotations)
+    except ApiError as error:
+        metrics.ERRORS.labels(reason=f"api{error.status}").inc()
+        metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
+        write_ready(kube, sub, False, "ReconcileError", str(error), None, None)
+        kopf.warn(as_body(body), reason="ReconcileError", message=str(error))
+        raise kopf.TemporaryError(str(error), delay=RETRY_BACKOFF_SECONDS) from error
+    finally:
+        metrics.DURATION.observe(time.perf_counter() - started)
+    for action in outcome.actions:
+        logger.info(action)
+        metrics.CHILD_CHANGES.labels(action=action.split(" ", 1)[0]).inc()
+        kopf.info(as_body(body), reason="Reconciled", message=action)
+    for reason, message in outcome.warnings:
+        kopf.warn(as_body(body), reason=reason, message=message)
+    result = "ready" if outcome.ready else "notready"
+    metrics.RECONCILES.labels(trigger=trigger, result=result).inc()
+    write_ready(
+        kube,
+        sub,
+        outcome.ready,
+        outcome.reason,
+        outcome.message,
+        outcome.child_kind,
+        outcome.child_name,
     )
-    items: list[dict[str, Any]] = found.get("items", [])
-    return items
+
+
+def owner_name(child: Mapping[str, Any]) -> str | None:
+    """The EventSubscription that controls ``child``, if one does."""
+    for ref in child.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == names.KIND:
+            return str(ref.get("name"))
+    return None
+
+
+def child_drifted(
+    event_type: str,
+    child: Mapping[str, Any],
+    parent: Mapping[str, Any],
+    defaults: builders.ChildDefaults,
+) -> bool:
+    """Whether a change to ``child`` needs its parent reconciled (put back in line)."""
+    sub = subscription_of(parent)
+    wanted_kind = builders.child_kind(sub)
+    if event_type != "DELETED" and child.get("kind") == wanted_kind:
+        desired = builders.build_child(sub, defaults)
+        return bool(differences(watched_part(desired), child))
+    # The child of the other kind deleted: the old child of a mode switch, as meant.
+    return not (event_type == "DELETED" and child.get("kind") != wanted_kind)

@@ -11,8 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from feedline_subscriber import environment as env_names
+
+# The CRD's rule on spec.subscriber.env[].name says the same (a unit test compares them).
+RESERVED_ENV_MESSAGE = (
+    "spec.subscriber.env may not set FEEDLINE_* variables: the operator sets every "
+    "FEEDLINE_ variable of the subscriber from the spec; use the spec's fields instead"
+)
 
 
 class _Model(BaseModel):
@@ -34,12 +42,15 @@ class FeedAuth(_Model):
 class Feed(_Model):
     url: str
     event_types: tuple[str, ...] = ()
+    wait_seconds: int | None = None  # None: the subscriber's default
+    retry_attempts: int | None = None
     auth: FeedAuth = FeedAuth()
 
 
 class ReadModel(_Model):
     database_secret_ref: SecretKeyRef
     projection: str
+    retry_attempts: int | None = None  # None: the subscriber's default
 
 
 class Retry(_Model):
@@ -66,6 +77,13 @@ class Resources(_Model):
 class EnvVar(_Model):
     name: str
     value: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_operators(cls, name: str) -> str:
+        if name.startswith(env_names.PREFIX):
+            raise ValueError(RESERVED_ENV_MESSAGE)
+        return name
 
 
 class Subscriber(_Model):

@@ -20,6 +20,29 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"feedline {version('feedline')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Event feeds between microservices: serve services, run subscribers, run the operator."""
+
+
 class ServiceName(StrEnum):
     SPECIAL_OFFERS = "special-offers"
     LOYALTY_PROGRAM = "loyalty-program"
@@ -27,12 +50,23 @@ class ServiceName(StrEnum):
     PRODUCT_CATALOG = "product-catalog"
 
 
+# `feedline serve` exits with it when its database cannot be used (as uvicorn
+# does when a service's start-up fails).
+DATABASE_UNUSABLE = 3
+
+# The settings `feedline serve` also takes as flags; the others are variables only.
+SERVE_FLAGS = {"database_url": "--database-url"}
+
+
 def settings_error(exc: ValidationError) -> typer.BadParameter:
-    """Name the setting (flag or FEEDLINE_* variable) and what it accepts."""
+    """Name the setting (FEEDLINE_* variable, and its flag if it has one) and what it accepts."""
     messages = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
-        messages.append(f"FEEDLINE_{field.upper()} / --{field.replace('_', '-')}: {error['msg']}")
+        where = f"FEEDLINE_{field.upper()}"
+        if field in SERVE_FLAGS:
+            where = f"{SERVE_FLAGS[field]} ({where})"
+        messages.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return typer.BadParameter("; ".join(messages))
 
 
@@ -48,15 +82,24 @@ def serve(
         str | None,
         typer.Option(
             envvar="FEEDLINE_DATABASE_URL",
-            help="postgresql://USER@HOST:PORT/DB or sqlite:///PATH",
-            show_default="sqlite:///feedline.db",
+            help="postgresql://USER@HOST:PORT/DB or sqlite:///PATH: the service's own database",
+            show_default="sqlite:///SERVICE.db, one file per service in the working folder",
         ),
     ] = None,
 ) -> None:
-    """Run one service: its commands and queries, its event feed, health and metrics."""
+    """Run one service: its commands and queries, its event feed, health and metrics.
+
+    The database is the service's own: a database whose event store another
+    service owns is refused. Exit codes: 0 stopped (SIGTERM, Ctrl-C); 1 could
+    not listen on the address; 2 bad flags or settings; 3 the database cannot
+    be used (unreachable, login refused, a missing folder, or another service's
+    event store), said in one line on stderr naming it and what to do.
+    """
+    import asyncio
+
     import uvicorn
 
-    from feedline.chassis.app import create_app
+    from feedline.chassis.app import ServiceDatabaseError, check_database, create_app
     from feedline.chassis.logs import configure_logging
     from feedline.chassis.settings import ServiceSettings
     from feedline.services.registry import DEFAULT_PORTS, SERVICES
@@ -67,7 +110,16 @@ def serve(
     except ValidationError as exc:
         raise settings_error(exc) from exc
     configure_logging(settings.log_level)
-    application = create_app(SERVICES[service.value], settings)
+    definition = SERVICES[service.value]
+    try:
+        application = create_app(definition, settings)
+    except ValueError as exc:  # settings that cannot work together, e.g. Token without a token
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        asyncio.run(check_database(definition, settings))
+    except ServiceDatabaseError as exc:
+        typer.echo(f"feedline serve: {exc}", err=True)
+        raise typer.Exit(DATABASE_UNUSABLE) from None
     uvicorn.run(
         application,
         host=host,

@@ -1,4 +1,5 @@
-"""Feed auth `kubernetes`: projected ServiceAccount tokens checked by a real TokenReview."""
+"""Feed auth `ServiceAccountToken`:
+projected ServiceAccount tokens checked by a real TokenReview."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 from kubernetes import client
 
 from feedline.chassis.app import create_app
-from feedline.chassis.settings import AuthMode, ServiceSettings
+from feedline.chassis.settings import ServiceSettings
 from feedline.services.registry import SERVICES
+from feedline_contracts.auth import FeedAuth
 from tests.support.kube import apis
 from tests.support.services import serving_in_thread
 
@@ -61,7 +63,7 @@ def test_only_service_account_tokens_for_the_feedline_audience_may_read_the_feed
         configuration = cast(Any, kube_api).configuration
         settings = ServiceSettings(
             database_url=f"sqlite:///{tmp_path / 'offers.db'}",
-            feed_auth=AuthMode.KUBERNETES,
+            feed_auth=FeedAuth.SERVICE_ACCOUNT_TOKEN,
             kubernetes_api_url=configuration.host,
             kubernetes_token_file=own_token,
             kubernetes_ca_file=Path(configuration.ssl_ca_cert)

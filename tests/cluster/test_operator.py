@@ -362,7 +362,7 @@ def test_failed_run_marks_the_subscription_stalled(
     )
     body = subscription("s", feed={"url": "http://127.0.0.1:9/events"})
     body["metadata"]["annotations"] = {"feedline.dev/run-now": "go"}
-    body["spec"]["subscriber"] = {"env": [{"name": "FEEDLINE_FEED_RETRY_ATTEMPTS", "value": "0"}]}
+    body["spec"]["feed"]["retryAttempts"] = 0
     create(kube_api, namespace, body)
     stalled = _subscriber_summary_failed(kube_api, namespace)
     assert stalled["status"]["lastRun"]["outcome"] == "Failed"

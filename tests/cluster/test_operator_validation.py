@@ -62,7 +62,16 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "greater than or equal to 1"),
     ("extra env overrides the operator", _with(subscriber={"env": [
         {"name": "FEEDLINE_FEED_URL", "value": "http://evil/events"}]}),
-     "spec.subscriber.env[0].name", "set by the operator"),
+     "spec.subscriber.env[0].name", "may not set FEEDLINE_* variables"),
+    ("extra env sets the old test-only fault switch", _with(subscriber={"env": [
+        {"name": "FEEDLINE_SUBSCRIBER_FAULT", "value": "after-fetch@1"}]}),
+     "spec.subscriber.env[0].name", "the operator sets every FEEDLINE_ variable"),
+    ("extra env sets any FEEDLINE_ name", _with(subscriber={"env": [
+        {"name": "LOG_LEVEL", "value": "debug"}, {"name": "FEEDLINE_ANYTHING", "value": "x"}]}),
+     "spec.subscriber.env[1].name", "may not set FEEDLINE_* variables"),
+    ("feed wait above the protocol's 30 s", _with(feed={"url": "http://f/events",
+                                                         "waitSeconds": 31}),
+     "spec.feed.waitSeconds", "less than or equal to 30"),
     ("name too long for a CronJob", {**_with(), "metadata": {"name": "n" * 53}},
      "metadata.name", "52"),
     ("unknown field", {**_with(), "spec": {**_with()["spec"], "shedule": "* * * * *"}},

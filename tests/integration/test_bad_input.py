@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+from pathlib import Path
+
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 
+from feedline.chassis.app import create_app
+from feedline.chassis.database import redacted
+from feedline.chassis.settings import ServiceSettings
+from feedline.services.registry import SERVICES
 from tests.integration.conftest import StartService
+from tests.support.ports import free_port
+from tests.support.services import FEEDLINE, running_service
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +124,118 @@ async def test_bad_product_queries_are_400(
     response = await client.get(f"{base}/products?{query}")
     assert response.status_code == 400
     assert "'productIds'" in response.json()["detail"]
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def methods_by_path(app: FastAPI) -> dict[str, set[str]]:
+    """Every path of an app (its template) and the methods served there."""
+    served: dict[str, set[str]] = {}
+    for route in iter_route_contexts(app.routes):
+        if route.path_format and route.methods:
+            served.setdefault(route.path_format, set()).update(route.methods)
+    return served
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+async def test_every_405_lists_exactly_the_methods_of_its_path(
+    start_service: StartService, sqlite_url: str, client: httpx.AsyncClient, service: str
+) -> None:
+    base = start_service(service, sqlite_url)
+    app = create_app(SERVICES[service], ServiceSettings(database_url=sqlite_url))
+    checked = 0
+    for template, served in methods_by_path(app).items():
+        path = re.sub(r"\{[^}]+\}", "1", template)
+        for method in sorted(set(METHODS) - served):
+            response = await client.request(method, f"{base}{path}")
+            assert response.status_code == 405, (method, path)
+            allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+            assert allowed == served, (method, path)
+            checked += 1
+    assert checked > 20
+
+
+async def test_options_on_a_loyalty_user_allows_get_and_put(
+    start_service: StartService, sqlite_url: str, client: httpx.AsyncClient
+) -> None:
+    base = start_service("loyalty-program", sqlite_url)
+    response = await client.options(f"{base}/users/1")
+    assert response.status_code == 405
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["Allow"] == "GET, PUT"
+
+
+# --- the database a service starts on ----------------------------------------------
+
+
+def serve_until_exit(
+    service: str, database_url: str, *, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`feedline serve SERVICE --database-url URL`, expected to give up on its own."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FEEDLINE_")}
+    argv = [FEEDLINE, "serve", service, "--port", str(free_port()), "--database-url", database_url]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cwd
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"`feedline serve` did not give up within {timeout}s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+def test_services_started_without_a_database_url_get_a_file_each(tmp_path: Path) -> None:
+    with (
+        running_service("special-offers", None, cwd=tmp_path) as offers,
+        running_service("loyalty-program", None, cwd=tmp_path) as loyalty,
+    ):
+        created = httpx.post(f"{offers}/offers", json={"description": "10% off"}, timeout=10)
+        assert created.status_code == 201
+        assert httpx.get(f"{offers}/events/head", timeout=10).json() == {"head": 1}
+        assert httpx.get(f"{loyalty}/events/head", timeout=10).json() == {"head": 0}
+        assert httpx.get(f"{loyalty}/events", params={"start": 1}, timeout=10).json() == []
+    assert (tmp_path / "special-offers.db").is_file()
+    assert (tmp_path / "loyalty-program.db").is_file()
+    assert not (tmp_path / "feedline.db").exists()
+
+
+def test_a_service_refuses_a_database_holding_another_services_event_store(
+    start_service: StartService, database_url: str
+) -> None:
+    base = start_service("special-offers", database_url)
+    assert httpx.post(f"{base}/offers", json={"description": "x"}, timeout=10).status_code == 201
+    result = serve_until_exit("loyalty-program", database_url)
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("feedline serve: ")
+    assert "special-offers" in line
+    assert "loyalty-program" in line
+    assert redacted(database_url) in line
+    assert "--database-url (FEEDLINE_DATABASE_URL)" in line
+    # The owner still starts on it.
+    assert httpx.get(f"{base}/events/head", timeout=10).json() == {"head": 1}
+
+
+@pytest.mark.parametrize("where", ["postgresql", "sqlite"])
+def test_serve_on_a_database_it_cannot_open_exits_3_with_one_line(
+    tmp_path: Path, where: str
+) -> None:
+    if where == "postgresql":
+        port = free_port()  # nothing listens there
+        url = f"postgresql://nobody:s3cret@127.0.0.1:{port}/db"
+        shown = f"postgresql://nobody:***@127.0.0.1:{port}/db"
+        says = "connection refused"
+    else:
+        url = f"sqlite:///{tmp_path / 'missing-folder' / 'offers.db'}"
+        shown = url
+        says = f"folder {tmp_path / 'missing-folder'} does not exist"
+    result = serve_until_exit("special-offers", url)
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    assert line.startswith(f"feedline serve: cannot use the database {shown}: {says}")
+    assert "--database-url (FEEDLINE_DATABASE_URL)" in line

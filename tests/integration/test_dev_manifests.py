@@ -122,6 +122,31 @@ def test_the_command_exits_2_naming_the_file_and_the_field(folder: Path) -> None
     assert not (folder / ".feedline-dev").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("name", ["FEEDLINE_SUBSCRIBER_FAULT", "FEEDLINE_ANYTHING"])
+def test_feedline_variables_in_subscriber_env_exit_2(folder: Path, name: str) -> None:
+    """As the API server does: every FEEDLINE_* name is the operator's to render."""
+    path = _manifest(folder)
+    path.write_text(
+        path.read_text()
+        + "  subscriber:\n    env:\n      - {name: LOG_LEVEL, value: debug}\n"
+        + f"      - {{name: {name}, value: after-fetch@1}}\n"
+    )
+    result = subprocess.run(
+        [FEEDLINE, "dev", str(folder), "--once"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    assert str(path) in result.stderr
+    assert (
+        "spec.subscriber.env[1].name: Forbidden: spec.subscriber.env may not set FEEDLINE_* "
+        "variables: the operator sets every FEEDLINE_ variable of the subscriber from the spec"
+    ) in result.stderr
+    assert not (folder / ".feedline-dev").exists()  # nothing was started
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -26,7 +26,8 @@ def products_requests(metrics: str, status: str) -> float:
 async def test_shopping_cart_queries_the_catalog_through_the_http_cache(
     start_service: StartService, database_url: str, sqlite_url: str, client: httpx.AsyncClient
 ) -> None:
-    catalog = start_service("product-catalog", sqlite_url, product_cache_max_age=2)
+    catalog_db = f"{sqlite_url.removesuffix('.db')}-catalog.db"  # a database of its own
+    catalog = start_service("product-catalog", catalog_db, product_cache_max_age=2)
     cart = start_service("shopping-cart", database_url, product_catalog_url=catalog)
 
     added = await client.post(f"{cart}/shoppingcart/42/items", json=[1, 2])

@@ -13,6 +13,12 @@ from tests.integration.conftest import StartService
 
 pytestmark = pytest.mark.integration
 
+# Long polls: the services re-check the database only every RECHECK_SECONDS, far
+# beyond WOKEN_WITHIN (and beyond the polls' own wait), so a poll answered in
+# time was woken by the commit's notification, not by the safety-net re-check.
+RECHECK_SECONDS = 60.0
+WOKEN_WITHIN = 2.0
+
 
 async def create_offers(client: httpx.AsyncClient, base: str, count: int) -> list[int]:
     ids = []
@@ -144,18 +150,18 @@ async def test_type_filter_skips_events_but_next_moves_past_them(
 async def test_long_poll_answers_as_soon_as_an_event_is_committed(
     start_service: StartService, database_url: str, client: httpx.AsyncClient
 ) -> None:
-    base = start_service("special-offers", database_url)
+    base = start_service("special-offers", database_url, long_poll_recheck_seconds=RECHECK_SECONDS)
     await create_offers(client, base, 2)
-    started = time.monotonic()
     poll = asyncio.create_task(client.get(f"{base}/events", params={"start": 3, "wait": 10}))
     await asyncio.sleep(0.5)
     assert not poll.done(), "the long poll answered before anything was committed"
+    committing = time.monotonic()
     await create_offers(client, base, 1)
     response = await poll
-    elapsed = time.monotonic() - started
+    woken_after = time.monotonic() - committing
     assert [event["sequenceNumber"] for event in response.json()] == [3]
-    # Answered by the commit, not by the wait running out.
-    assert elapsed < 7, f"long poll took {elapsed:.1f}s of its 10s"
+    # Woken by the commit: the re-check (60 s) and the wait (10 s) are far off.
+    assert woken_after < WOKEN_WITHIN, f"answered {woken_after:.1f}s after the commit"
 
 
 async def test_long_poll_without_events_returns_empty_when_the_wait_is_up(
@@ -174,15 +180,22 @@ async def test_long_poll_is_woken_by_another_replica(
     start_service: StartService, postgres_url: str, client: httpx.AsyncClient
 ) -> None:
     """Two replicas on one PostgreSQL: a write on B wakes a long poll on A (LISTEN/NOTIFY)."""
-    replica_a = start_service("special-offers", postgres_url)
-    replica_b = start_service("special-offers", postgres_url)
-    started = time.monotonic()
+    replica_a = start_service(
+        "special-offers", postgres_url, long_poll_recheck_seconds=RECHECK_SECONDS
+    )
+    replica_b = start_service(
+        "special-offers", postgres_url, long_poll_recheck_seconds=RECHECK_SECONDS
+    )
     poll = asyncio.create_task(client.get(f"{replica_a}/events", params={"wait": 10}))
     await asyncio.sleep(0.5)
+    assert not poll.done(), "the long poll answered before anything was committed"
+    committing = time.monotonic()
     await create_offers(client, replica_b, 1)
     response = await poll
+    woken_after = time.monotonic() - committing
     assert [event["sequenceNumber"] for event in response.json()] == [1]
-    assert time.monotonic() - started < 7
+    # Only A's LISTEN can wake it this soon: A re-checks every 60 s, its wait is 10 s.
+    assert woken_after < WOKEN_WITHIN, f"answered {woken_after:.1f}s after the commit"
 
 
 async def test_head_endpoint(

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from feedline_subscriber.runner import run_subscription
 from feedline_subscriber.settings import load_settings
 from feedline_subscriber.summary import Outcome, Summary
 from tests.support import subscriber_projections
+from tests.support.ports import free_port
 from tests.support.subscriber_feed import FakeFeed, fake_feed, special_offer_event
 from tests.support.subscriber_oracle import (
     applied_counts,
@@ -239,3 +242,85 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(sqlite_url: str) -> N
     assert asyncio.run(applied_counts(sqlite_url, "terminated")) == {
         n: 1 for n in range(1, position + 1)
     }
+
+
+def test_a_read_model_database_that_stays_down_is_retried_then_named_in_one_line() -> None:
+    port = free_port()  # nothing listens there
+    down = f"postgresql://nobody:s3cret@127.0.0.1:{port}/read_models"
+    with fake_feed(offer_events(5)) as feed:
+        started = time.monotonic()
+        done = run_subscriber(
+            subscriber_env("down", feed.url, down, FEEDLINE_DATABASE_RETRIES="3"),
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr[-2000:]
+    summary = done.summary
+    assert summary["outcome"] == "Failed"
+    assert summary["message"] == (
+        f"cannot use the read-model database postgresql://nobody:***@127.0.0.1:{port}/read_models:"
+        f" connection refused at 127.0.0.1:{port}; start the database server, or fix "
+        "--database-url (FEEDLINE_DATABASE_URL) (gave up after 3 retries; "
+        "--database-retries (FEEDLINE_DATABASE_RETRIES))"
+    )
+    retries = [line for line in done.stderr.splitlines() if "retrying" in line]
+    assert len(retries) == 3, done.stderr
+    assert time.monotonic() - started < 30  # backoff from 0.5 s, not the feed's 8 tries
+    assert "Traceback" not in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
+
+
+def test_a_read_model_folder_that_does_not_exist_fails_at_once_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder"
+    url = f"sqlite:///{missing / 'read-model.db'}"
+    with fake_feed(offer_events(5)) as feed:
+        done = run_subscriber(subscriber_env("nowhere", feed.url, url), timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.summary["message"] == (
+        f"cannot use the read-model database {url}: folder {missing} does not exist; "
+        "create it, or pass another path in --database-url (FEEDLINE_DATABASE_URL)"
+    )
+    assert "retrying" not in done.stderr  # waiting cannot create a folder
+    assert "Traceback" not in done.stderr
+
+
+async def test_a_read_model_database_that_comes_up_late_is_reached_by_a_retry(
+    postgres_url: str,
+) -> None:
+    """The read model's server is not listening when the run starts; it is a second later."""
+    target = make_url(postgres_url)
+    port = free_port()
+    late = target.set(port=port).render_as_string(hide_password=False)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(target.host, target.port)
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+    async def come_up_late() -> asyncio.Server:
+        await asyncio.sleep(1.0)
+        return await asyncio.start_server(forward, "127.0.0.1", port)
+
+    with fake_feed(offer_events(5)) as feed:
+        settings = load_settings(
+            subscription="late",
+            feed_url=feed.url,
+            database_url=late,
+            projection=AUDITED,
+            database_retries=8,
+        )
+        server_task = asyncio.create_task(come_up_late())
+        summary = await run_subscription(settings)
+        server = await server_task
+    server.close()
+    assert summary.outcome is Outcome.CAUGHT_UP, summary.message
+    assert summary.position == 5
+    assert await checkpoint_position(postgres_url, "late") == 5

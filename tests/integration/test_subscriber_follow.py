@@ -41,7 +41,13 @@ def offer_is_in(read_model: str, offer_id: int) -> bool:
 def test_a_follower_applies_new_events_within_a_second(tmp_path: Path) -> None:
     read_model = f"sqlite:///{tmp_path / 'loyalty.db'}"
     status_port = free_port()
-    with running_service("special-offers", f"sqlite:///{tmp_path / 'offers.db'}") as base_url:
+    # The service re-checks only every 60 s and the follower's long poll waits 20 s:
+    # an event applied within 1.5 s was announced by the commit's notification.
+    with running_service(
+        "special-offers",
+        f"sqlite:///{tmp_path / 'offers.db'}",
+        FEEDLINE_LONG_POLL_RECHECK_SECONDS="60",
+    ) as base_url:
         follower = start_subscriber(
             subscriber_env(
                 "follower",

@@ -37,22 +37,27 @@ def wait_until_ready(
 
 
 @contextlib.contextmanager
-def running_service(name: str, database_url: str, **env: str) -> Iterator[str]:
+def running_service(
+    name: str, database_url: str | None, *, cwd: Path | None = None, **env: str
+) -> Iterator[str]:
     """Start ``feedline serve NAME`` on a free loopback port; yield its base URL.
 
     Extra keyword arguments become environment variables (``FEEDLINE_...``).
+    ``database_url=None`` passes none: the service picks its default, in ``cwd``.
     """
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     log_dir = Path(tempfile.mkdtemp(prefix=f"feedline-{name}-"))
     log = log_dir / "service.log"
     environment = {**os.environ, **env, "FEEDLINE_HTTP_CACHE_DIR": str(log_dir)}
+    argv = [FEEDLINE, "serve", name, "--port", str(port)]
+    if database_url is None:
+        environment.pop("FEEDLINE_DATABASE_URL", None)
+    else:
+        argv += ["--database-url", database_url]
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
-            [FEEDLINE, "serve", name, "--port", str(port), "--database-url", database_url],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=environment,
+            argv, stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=cwd
         )
     try:
         wait_until_ready(base_url, proc, log)

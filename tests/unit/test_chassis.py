@@ -15,8 +15,9 @@ from feedline.chassis.auth import KubernetesTokenReview, StaticToken, create_aut
 from feedline.chassis.database import DatabaseUrlError, parse_database_url
 from feedline.chassis.eventstore import NewEvent
 from feedline.chassis.feed import _matches
-from feedline.chassis.settings import AuthMode, ServiceSettings
+from feedline.chassis.settings import ServiceSettings
 from feedline.chassis.tracing import continue_or_start, parse_traceparent
+from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth
 
 pytestmark = pytest.mark.unit
 
@@ -63,7 +64,8 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FEEDLINE_FEED_AUTH", "token")
     settings = ServiceSettings()
     assert settings.database_url == "sqlite:///env.db"
-    assert settings.feed_auth is AuthMode.TOKEN
+    assert settings.feed_auth is FeedAuth.TOKEN
+    assert settings.token_review_audience == TOKEN_AUDIENCE
 
 
 def test_bad_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +73,34 @@ def test_bad_settings_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError) as error:
         ServiceSettings()
     assert "feed_auth" in str(error.value)
-    assert "'none', 'token' or 'kubernetes'" in str(error.value)
+    assert "'None', 'Token' or 'ServiceAccountToken'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("none", FeedAuth.NONE),
+        ("Token", FeedAuth.TOKEN),
+        ("SERVICEACCOUNTTOKEN", FeedAuth.SERVICE_ACCOUNT_TOKEN),
+    ],
+)
+def test_feed_auth_takes_the_crds_names_in_any_letter_case(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: FeedAuth
+) -> None:
+    monkeypatch.setenv("FEEDLINE_FEED_AUTH", given)
+    assert ServiceSettings().feed_auth is expected
+
+
+@pytest.mark.parametrize("old", ["kubernetes", "serviceaccount"])
+def test_old_feed_auth_names_are_refused_naming_the_setting_and_the_accepted_values(
+    monkeypatch: pytest.MonkeyPatch, old: str
+) -> None:
+    monkeypatch.setenv("FEEDLINE_FEED_AUTH", old)
+    with pytest.raises(ValidationError) as error:
+        ServiceSettings()
+    assert "feed_auth" in str(error.value)
+    assert f"{old!r} is an old name: use ServiceAccountToken" in str(error.value)
+    assert "None, Token, ServiceAccountToken" in str(error.value)
 
 
 def test_traceparent_is_continued_as_a_child_span() -> None:
@@ -129,7 +158,7 @@ async def test_static_token_accepts_only_that_token() -> None:
 
 def test_token_mode_without_a_token_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="FEEDLINE_FEED_TOKEN"):
-        create_authorizer(ServiceSettings(feed_auth=AuthMode.TOKEN))
+        create_authorizer(ServiceSettings(feed_auth=FeedAuth.TOKEN))
 
 
 def fake_token_review(
@@ -196,3 +225,13 @@ def test_event_names_must_be_identifiers(name: str) -> None:
 @pytest.mark.parametrize("name", ["SpecialOfferCreated", "offer.made:v2", "a-b_c", "x" * 200])
 def test_identifier_event_names_are_accepted(name: str) -> None:
     assert NewEvent(name).name == name
+
+
+def test_long_poll_recheck_is_a_bounded_service_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServiceSettings().long_poll_recheck_seconds == 1.0
+    monkeypatch.setenv("FEEDLINE_LONG_POLL_RECHECK_SECONDS", "60")
+    assert ServiceSettings().long_poll_recheck_seconds == 60.0
+    for bad in ("0", "301", "soon"):
+        monkeypatch.setenv("FEEDLINE_LONG_POLL_RECHECK_SECONDS", bad)
+        with pytest.raises(ValidationError, match="long_poll_recheck_seconds"):
+            ServiceSettings()

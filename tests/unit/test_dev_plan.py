@@ -106,16 +106,14 @@ def test_a_token_secret_volume_becomes_a_local_file() -> None:
     token_file = Path(spec.env[env.FEED_TOKEN_FILE])
     assert spec.files == {token_file: "s3cret"}
     assert token_file.is_relative_to(LAYOUT.subscription_dir("loyalty-special-offers"))
-    assert spec.env[env.FEED_AUTH] == "token"
+    assert spec.env[env.FEED_AUTH] == "Token"
     assert spec.env[env.FEED_URL] == "http://127.0.0.1:8001/events"
 
 
 def test_extra_env_is_expanded_like_the_kubelet_does() -> None:
-    loaded = _loaded(
-        subscriber={"env": [{"name": "FEEDLINE_FEED_WAIT_SECONDS", "value": "$(X)$$(Y)"}]}
-    )
+    loaded = _loaded(subscriber={"env": [{"name": "UPSERT_KEY_FIELD", "value": "$(X)$$(Y)"}]})
     spec = plan.subscriber_process(loaded, _folder(loaded), LAYOUT, FEEDLINE)
-    assert spec.env["FEEDLINE_FEED_WAIT_SECONDS"] == "$(X)$(Y)"
+    assert spec.env["UPSERT_KEY_FIELD"] == "$(X)$(Y)"
     assert plan.expand("a $(B) $(C) $$", {"B": "b"}) == "a b $(C) $"
 
 

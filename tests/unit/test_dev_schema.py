@@ -11,6 +11,7 @@ import pytest
 from feedline.dev import schema
 from feedline.dev.manifests import ManifestError, Source, parse_secret, parse_subscription
 from feedline_operator.builders import RENDERED_ENV
+from feedline_operator.spec import RESERVED_ENV_MESSAGE
 
 pytestmark = pytest.mark.unit
 
@@ -102,8 +103,22 @@ def test_a_valid_subscription_passes_and_gets_the_crd_defaults() -> None:
         (_with(spec__replay={"token": "a", "fromSequence": -1}), "spec.replay.fromSequence"),
         (
             _with(spec__subscriber={"env": [{"name": RENDERED_ENV[0], "value": "x"}]}),
-            "spec.subscriber.env[0].name: Forbidden: this variable is set by the operator",
+            f"spec.subscriber.env[0].name: Forbidden: {RESERVED_ENV_MESSAGE}",
         ),
+        (
+            _with(spec__subscriber={"env": [{"name": "FEEDLINE_SUBSCRIBER_FAULT", "value": "x"}]}),
+            f"spec.subscriber.env[0].name: Forbidden: {RESERVED_ENV_MESSAGE}",
+        ),
+        (
+            _with(
+                spec__subscriber={
+                    "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "FEEDLINE_ANYTHING"}]
+                }
+            ),
+            "spec.subscriber.env[1].name: Forbidden: spec.subscriber.env may not set FEEDLINE_*",
+        ),
+        (_with(spec__feed__waitSeconds=31), "spec.feed.waitSeconds: Invalid value: 31: must be <="),
+        (_with(spec__feed__retryAttempts=-1), "spec.feed.retryAttempts: Invalid value"),
         (_with(metadata__name="x" * 53), "metadata.name: Invalid value: metadata.name must be"),
     ],
 )
@@ -133,6 +148,25 @@ def test_parse_subscription_without_a_crd_still_uses_the_typed_model() -> None:
         parse_subscription(_with(spec__mode="Sometimes"), SOURCE, None)
     loaded = parse_subscription(VALID, SOURCE, None)
     assert loaded.subscription.spec.batch_size == 1000
+
+
+def test_feedline_variables_are_refused_even_without_the_crd() -> None:
+    body = _with(spec__subscriber={"env": [{"name": "FEEDLINE_SUBSCRIBER_FAULT", "value": "x"}]})
+    with pytest.raises(ManifestError) as caught:
+        parse_subscription(body, SOURCE, None)
+    assert "spec.subscriber.env.0.name" in str(caught.value)
+    assert RESERVED_ENV_MESSAGE in str(caught.value)
+
+
+def test_extra_variables_and_the_feed_settings_that_replace_feedline_ones_are_accepted() -> None:
+    body = _with(
+        spec__feed__waitSeconds=5,
+        spec__feed__retryAttempts=0,
+        spec__subscriber={"env": [{"name": "UPSERT_KEY_FIELD", "value": "offerId"}]},
+    )
+    assert _problems(body) == []
+    loaded = parse_subscription(body, SOURCE, SCHEMA).subscription
+    assert (loaded.spec.feed.wait_seconds, loaded.spec.feed.retry_attempts) == (5, 0)
 
 
 def test_a_bad_name_is_refused() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from feedline_contracts.auth import TOKEN_AUDIENCE
 from feedline_operator import builders, names
 from feedline_operator.builders import ChildDefaults
 from feedline_operator.spec import EventSubscription
@@ -115,7 +116,7 @@ def test_env_is_rendered_from_the_spec_by_the_subscribers_names() -> None:
     )
     assert env[env_names.DATABASE_URL] == {"secretKeyRef": {"name": "loyalty-db", "key": "dsn"}}
     assert env[env_names.BATCH_SIZE] == "200"
-    assert env[env_names.FEED_AUTH] == "none"
+    assert env[env_names.FEED_AUTH] == "None"  # the CRD's value, as-is
     assert env[env_names.START_POSITION] == "Beginning"
     assert env[env_names.ON_POISON_EVENT] == "Halt"
     assert env[env_names.TERMINATION_LOG] == container["terminationMessagePath"]
@@ -161,7 +162,7 @@ def test_token_auth_mounts_only_the_secret_key() -> None:
         "defaultMode": 0o440,
     }
     env = _env(pod["containers"][0])
-    assert env[env_names.FEED_AUTH] == "token"
+    assert env[env_names.FEED_AUTH] == "Token"
     assert env[env_names.FEED_TOKEN_FILE] == environment.DEFAULT_SERVICEACCOUNT_TOKEN_FILE
 
 
@@ -170,9 +171,16 @@ def test_service_account_token_auth_projects_a_feedline_audience_token() -> None
     pod = _pod_spec(builders.build_child(sub, DEFAULTS))
     volume = next(v for v in pod["volumes"] if v["name"] == "feed-token")
     (source,) = volume["projected"]["sources"]
-    assert source["serviceAccountToken"]["audience"] == "feedline"
+    assert source["serviceAccountToken"]["audience"] == TOKEN_AUDIENCE == "feedline"
     assert pod["automountServiceAccountToken"] is False
-    assert _env(pod["containers"][0])[env_names.FEED_AUTH] == "serviceaccount"
+    assert _env(pod["containers"][0])[env_names.FEED_AUTH] == "ServiceAccountToken"
+
+
+def test_read_model_retries_are_rendered_from_the_spec_only_when_set() -> None:
+    assert env_names.DATABASE_RETRIES not in _env(builders.subscriber_container(_sub(), DEFAULTS))
+    read_model = {**sample("subscription-cronjob")["spec"]["readModel"], "retryAttempts": 3}
+    container = builders.subscriber_container(_sub(readModel=read_model), DEFAULTS)
+    assert _env(container)[env_names.DATABASE_RETRIES] == "3"
 
 
 def test_subscriber_image_defaults_to_the_operators() -> None:
@@ -207,3 +215,13 @@ def test_only_listed_variables_are_rendered(name: str) -> None:
     extra = {e.name for e in sub.spec.subscriber.env}
     rendered = {e["name"] for e in builders.subscriber_env(sub)} - extra
     assert rendered <= set(builders.RENDERED_ENV)
+
+
+def test_feed_wait_and_retries_are_rendered_from_the_spec_only_when_set() -> None:
+    """They replace FEEDLINE_FEED_WAIT_SECONDS / _RETRY_ATTEMPTS in spec.subscriber.env,
+    which the CRD refuses (every FEEDLINE_* name is the operator's)."""
+    plain = {e["name"] for e in builders.subscriber_env(_sub())}
+    assert not plain & {env_names.FEED_WAIT_SECONDS, env_names.FEED_RETRY_ATTEMPTS}
+    feed = {**sample("subscription-cronjob")["spec"]["feed"], "waitSeconds": 5, "retryAttempts": 0}
+    env = {e["name"]: e.get("value") for e in builders.subscriber_env(_sub(feed=feed))}
+    assert (env[env_names.FEED_WAIT_SECONDS], env[env_names.FEED_RETRY_ATTEMPTS]) == ("5", "0")

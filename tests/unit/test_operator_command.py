@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -31,3 +33,35 @@ def test_help_lists_the_options() -> None:
     assert result.exit_code == 0
     for option in ("--namespace", "--all-namespaces", "--kubeconfig", "--subscriber-image"):
         assert option in result.output
+
+
+@pytest.fixture
+def never_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator must not start (it would retry a bad kubeconfig forever)."""
+    import feedline_operator.runtime
+
+    async def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("the operator started")
+
+    monkeypatch.setattr(feedline_operator.runtime, "run_operator", refuse)
+
+
+@pytest.mark.usefixtures("never_run")
+def test_a_missing_kubeconfig_exits_2_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent"
+    result = CliRunner().invoke(app, ["operator", "-A", "--kubeconfig", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert f"--kubeconfig (KUBECONFIG): {missing}: no such file" in result.output
+
+
+@pytest.mark.usefixtures("never_run")
+def test_an_unusable_kubeconfig_exits_2_naming_the_file(tmp_path: Path) -> None:
+    empty = tmp_path / "config"
+    empty.write_text("")
+    garbled = tmp_path / "garbled"
+    garbled.write_text("apiVersion: v1\nkind: Config\ncurrent-context: nowhere\n")
+    for path in (empty, garbled):
+        result = CliRunner().invoke(app, ["operator", "-A"], env={"KUBECONFIG": str(path)})
+        assert result.exit_code == 2, result.output
+        assert f"--kubeconfig (KUBECONFIG): {path}: " in result.output
+        assert len(result.output.splitlines()) == 1, result.output

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from croniter import croniter
+from pydantic import ValidationError
 
+from feedline_contracts.auth import FeedAuth
 from feedline_operator.builders import RENDERED_ENV
-from feedline_operator.spec import EventSubscriptionSpec
+from feedline_operator.spec import RESERVED_ENV_MESSAGE, EnvVar, EventSubscriptionSpec
+from feedline_operator.spec import FeedAuth as FeedAuthSpec
+from feedline_subscriber import environment as env_names
+from feedline_subscriber.settings import FLAGS
 from tests.support.operator_fixtures import crd, crd_schema
 
 pytestmark = pytest.mark.unit
@@ -37,6 +42,13 @@ def test_names_scope_and_subresources() -> None:
     (version,) = spec["versions"]
     assert version["name"] == "v1alpha1"
     assert version["subresources"] == {"status": {}}
+
+
+def test_feed_auth_types_are_the_one_vocabulary_of_the_contracts() -> None:
+    feed = crd_schema()["properties"]["spec"]["properties"]["feed"]["properties"]
+    accepted = [member.value for member in FeedAuth]
+    assert feed["auth"]["properties"]["type"]["enum"] == accepted
+    assert list(get_args(FeedAuthSpec.model_fields["type"].annotation)) == accepted
 
 
 def test_printer_columns() -> None:
@@ -136,7 +148,21 @@ def test_cron_rule_rejects(schedule: str) -> None:
     assert not _schedule_regex().match(schedule)
 
 
-def test_extra_env_rule_lists_exactly_the_rendered_variables() -> None:
+def test_extra_env_rule_refuses_every_feedline_variable() -> None:
     env_item = crd_schema()["properties"]["spec"]["properties"]["subscriber"]["properties"]["env"]
     (rule,) = env_item["items"]["x-kubernetes-validations"]
-    assert re.findall(r"'([A-Z_]+)'", rule["rule"]) == list(RENDERED_ENV)
+    assert rule["rule"] == f"!self.name.startsWith('{env_names.PREFIX}')"
+    assert (rule["fieldPath"], rule["reason"]) == (".name", "FieldValueForbidden")
+    # The model (used without an API server) refuses the same, in the same words.
+    assert " ".join(rule["message"].split()) == RESERVED_ENV_MESSAGE
+    for name in ("FEEDLINE_SUBSCRIBER_FAULT", "FEEDLINE_ANYTHING", *RENDERED_ENV):
+        with pytest.raises(ValidationError, match=re.escape(RESERVED_ENV_MESSAGE)):
+            EnvVar(name=name, value="x")
+    assert EnvVar(name="UPSERT_KEY_FIELD").name == "UPSERT_KEY_FIELD"
+
+
+def test_every_variable_the_subscriber_reads_is_rendered_by_the_operator() -> None:
+    """Refusing every FEEDLINE_* name takes nothing away: each setting is a spec field."""
+    read = {variable for _flag, variable in FLAGS.values()}
+    assert read <= set(RENDERED_ENV), read - set(RENDERED_ENV)
+    assert all(name.startswith(env_names.PREFIX) for name in RENDERED_ENV)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from feedline_contracts.auth import FeedAuth
 from feedline_subscriber import environment as env
 from feedline_subscriber.command import subscribe
 from feedline_subscriber.settings import FLAGS, SettingsError, load_settings
@@ -25,7 +28,8 @@ REQUIRED = [
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> typer.Typer:
+    monkeypatch.chdir(tmp_path)  # a run that starts by mistake writes nothing here
     for name in list(vars(env).values()):
         if isinstance(name, str) and name.startswith("FEEDLINE_"):
             monkeypatch.delenv(name, raising=False)
@@ -74,7 +78,7 @@ def test_missing_settings_exit_2_naming_flag_and_variable(cli: typer.Typer) -> N
         ),
         ("--batch-size", "10001", "less than or equal to 10000"),
         ("--on-poison-event", "Ignore", "Input should be 'DeadLetter' or 'Halt'"),
-        ("--feed-auth", "basic", "Input should be 'none', 'token' or 'serviceaccount'"),
+        ("--feed-auth", "basic", "Input should be 'None', 'Token' or 'ServiceAccountToken'"),
         ("--start-position", "Middle", "must be Beginning, Head or a sequence number >= 1"),
         ("--projection", "not-a-path", "must be an import path package.module:function"),
         ("--database-url", "mysql://db/x", "expected postgresql://"),
@@ -100,9 +104,54 @@ def test_bad_values_exit_2_naming_the_flag_and_what_is_accepted(
 
 
 def test_token_auth_needs_a_token_file(cli: typer.Typer) -> None:
-    code, output = invoke(cli, *REQUIRED, "--feed-auth", "token")
+    code, output = invoke(cli, *REQUIRED, "--feed-auth", "Token")
     assert code == 2
     assert "--feed-token-file (FEEDLINE_FEED_TOKEN_FILE) is required" in output
+
+
+@pytest.mark.parametrize("old", ["serviceaccount", "kubernetes", "ServiceAccount"])
+def test_old_feed_auth_names_exit_2_naming_the_flag_and_the_accepted_values(
+    cli: typer.Typer, old: str
+) -> None:
+    for code, output in (
+        invoke(cli, *REQUIRED, "--feed-auth", old),
+        invoke(cli, *REQUIRED, **{env.FEED_AUTH: old}),
+    ):
+        assert code == 2
+        assert (
+            f"--feed-auth (FEEDLINE_FEED_AUTH): {old!r} is an old name: use ServiceAccountToken"
+            in output
+        )
+        assert "None, Token, ServiceAccountToken" in output
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("None", FeedAuth.NONE),
+        ("none", FeedAuth.NONE),
+        ("TOKEN", FeedAuth.TOKEN),
+        ("ServiceAccountToken", FeedAuth.SERVICE_ACCOUNT_TOKEN),
+        (" serviceaccounttoken ", FeedAuth.SERVICE_ACCOUNT_TOKEN),
+    ],
+)
+def test_feed_auth_takes_the_crds_names_in_any_letter_case(given: str, expected: FeedAuth) -> None:
+    settings = load_settings(
+        subscription="s",
+        feed_url="http://f/events",
+        database_url="sqlite:///x.db",
+        projection="a:b",
+        feed_auth=given,
+        feed_token_file="/run/token",
+    )
+    assert settings.feed_auth is expected
+
+
+def test_help_names_the_feed_auth_vocabulary(cli: typer.Typer) -> None:
+    code, output = invoke(cli, "--help", COLUMNS="300")
+    assert code == 0
+    assert "None | Token | ServiceAccountToken, in any letter case" in output
+    assert "serviceaccount " not in output
 
 
 def test_a_bad_integer_is_refused_by_the_flag_parser(cli: typer.Typer) -> None:

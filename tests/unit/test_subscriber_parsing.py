@@ -1,21 +1,30 @@
-"""Pure parts of the subscriber: feed pages, projection folds, the summary, fault plans."""
+"""Pure parts of the subscriber: feed pages, projection folds, the summary; no fault switch."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import inspect
+import re
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from feedline_subscriber.faults import parse_fault_plan
+from feedline.chassis.database import DatabaseUnavailableError
 from feedline_subscriber.feed_client import Event, FeedProtocolError, parse_page
 from feedline_subscriber.projections.loyalty import (
     InvalidSpecialOfferEventError,
     fold_special_offer_events,
 )
 from feedline_subscriber.projections.upsert import InvalidDocumentEventError, fold_documents
+from feedline_subscriber.read_model import backoff_seconds, connect_with_retries
+from feedline_subscriber.runner import SubscriberRun, run_subscription
 from feedline_subscriber.summary import TERMINATION_MESSAGE_LIMIT, Outcome, Summary
+from tests.support.subscriber_faults import parse_fault_plan
 
 pytestmark = pytest.mark.unit
 
@@ -156,8 +165,89 @@ def test_the_summary_line_and_its_termination_message_limit() -> None:
     assert Summary(**{**vars(summary), "outcome": Outcome.HALTED}).exit_code == 3
 
 
-def test_fault_plans() -> None:
+def test_fault_plans_of_the_crash_tests() -> None:
     plan = parse_fault_plan("during-commit@3:1.5")
     assert (plan.point, plan.batch, plan.delay_ms) == ("during-commit", 3, 1.5)
     with pytest.raises(ValueError, match="POINT@BATCH"):
         parse_fault_plan("sometime@x")
+
+
+def test_no_fault_injection_ships() -> None:
+    """Fault injection is the tests' own (tests/support/subscriber_faults.py): no module,
+    parameter, variable or hook of it is in the shipped packages."""
+    assert importlib.util.find_spec("feedline_subscriber.faults") is None
+    assert "fault" not in inspect.signature(run_subscription).parameters
+    assert "fault" not in inspect.signature(SubscriberRun).parameters
+    repo = Path(__file__).resolve().parents[2]
+    shipped = [repo / folder for folder in ("contracts", "services", "cronjobs", "operator")]
+    mention = re.compile(r"(?<!de)fault|sitecustomize", re.IGNORECASE)
+    offenders = [
+        f"{path.relative_to(repo)}:{number}: {line.strip()}"
+        for folder in shipped
+        for path in sorted(folder.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if mention.search(line)
+    ]
+    assert offenders == []
+
+
+class FlakyConnect:
+    """A connect() that fails ``failures`` times with ``error``, then succeeds."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "connection"
+
+
+DOWN = "postgresql://reader:s3cret@db.example:5432/read_models"
+
+
+async def test_a_read_model_database_that_refuses_connections_is_retried() -> None:
+    connect = FlakyConnect(2, ConnectionRefusedError(111, "Connect call failed"))
+    got = await connect_with_retries(connect, DOWN, retry_attempts=3, first_backoff=0.001)
+    assert (got, connect.calls) == ("connection", 3)
+
+
+async def test_the_retries_end_naming_the_database_without_its_password() -> None:
+    connect = FlakyConnect(10, ConnectionRefusedError(111, "Connect call failed"))
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        await connect_with_retries(connect, DOWN, retry_attempts=2, first_backoff=0.001)
+    assert connect.calls == 3
+    message = str(raised.value)
+    assert message.startswith(
+        "cannot use the read-model database postgresql://reader:***@db.example:5432/read_models: "
+        "connection refused at db.example:5432"
+    )
+    assert message.endswith(
+        "(gave up after 2 retries; --database-retries (FEEDLINE_DATABASE_RETRIES))"
+    )
+    assert "s3cret" not in message
+
+
+async def test_what_waiting_cannot_fix_is_not_retried(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'rm.db'}"
+    connect = FlakyConnect(10, sqlite3.OperationalError("unable to open database file"))
+    with pytest.raises(DatabaseUnavailableError, match=r"folder .*missing does not exist"):
+        await connect_with_retries(connect, url, retry_attempts=5, first_backoff=0.001)
+    assert connect.calls == 1
+
+
+async def test_a_stop_ends_the_wait_between_retries() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    connect = FlakyConnect(10, ConnectionRefusedError(111, "Connect call failed"))
+    with pytest.raises(DatabaseUnavailableError, match="stopped while waiting to retry"):
+        await connect_with_retries(connect, DOWN, retry_attempts=5, stop=stop, first_backoff=30)
+    assert connect.calls == 1
+
+
+def test_the_backoff_doubles_from_half_a_second_up_to_ten() -> None:
+    for retry, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 10.0), (20, 10.0)]:
+        assert all(0 <= backoff_seconds(retry) <= cap for _ in range(200))

@@ -8,9 +8,10 @@
 #    imports it into podman as feedline-base:bookworm-python3.11. The rootfs
 #    tarball is cached in ${FEEDLINE_CACHE_DIR:-~/.cache/feedline}/images, so
 #    this step runs once per machine.
-# 2. Builds ./Dockerfile with BASE_IMAGE set to that stand-in. pip inside the
-#    build reaches PyPI; a CA bundle for a TLS-intercepting proxy is passed as
-#    the build secret `pip-cert` (never stored in the image).
+# 2. Builds ./Dockerfile with BASE_IMAGE set to that stand-in, on the host's
+#    network (podman's default network cannot resolve names here), so pip
+#    inside the build reaches PyPI; a CA bundle for a TLS-intercepting proxy is
+#    passed as the build secret `pip-cert` (never stored in the image).
 #
 # Needs: root, podman, runc and debootstrap (apt-get install podman debootstrap).
 # Prints the image name as its last stdout line.
@@ -82,6 +83,8 @@ secret=()
 ca_bundle=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
 [[ -s $ca_bundle ]] && secret=(--secret "id=pip-cert,src=$ca_bundle")
 
-podman build --file Dockerfile --build-arg "BASE_IMAGE=$base_image" "${secret[@]}" \
-    --tag "$tag" . >&2
+# --network=host: on these machines a container on podman's default network
+# cannot resolve names, so pip inside the build would not reach PyPI.
+podman build --network=host --file Dockerfile --build-arg "BASE_IMAGE=$base_image" \
+    "${secret[@]}" --tag "$tag" . >&2
 echo "$tag"

@@ -55,7 +55,7 @@ feedline.dev/service: {{ include "feedline-service.feedlineService" . }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Where the feed token Secret is mounted (feedAuth.mode token). */}}
+{{/* Where the feed token Secret is mounted (feedAuth.mode Token). */}}
 {{- define "feedline-service.feedTokenDir" -}}
 /var/run/secrets/feedline/feed-token
 {{- end }}

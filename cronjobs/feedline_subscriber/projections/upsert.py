@@ -4,10 +4,12 @@ Import path: ``feedline_subscriber.projections.upsert:project_documents``.
 Writes ``feedline_documents`` (subscription, document_key, event_name, content
 as JSON text, last_sequence_number), primary key (subscription, document_key),
 so several subscriptions can share the table. Configured by
-``FEEDLINE_UPSERT_KEY_FIELD`` (the content field that keys a row, default
-``id``; its value must be a string or an integer) and
-``FEEDLINE_UPSERT_DELETE_EVENTS`` (comma-separated event names that delete
-the row instead). The reset hook deletes only this subscription's rows.
+``UPSERT_KEY_FIELD`` (the content field that keys a row, default ``id``; its
+value must be a string or an integer) and ``UPSERT_DELETE_EVENTS``
+(comma-separated event names that delete the row instead), set in an
+EventSubscription's ``spec.subscriber.env`` (which refuses ``FEEDLINE_*``
+names: those are the operator's). The reset hook deletes only this
+subscription's rows.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 import orjson
 from sqlalchemy import BigInteger, Column, MetaData, Table, Text, delete, text
 
-from feedline_subscriber import environment as env
 from feedline_subscriber.projection import Event, ProjectionContext, bulk_upsert, projection
 
+KEY_FIELD_VARIABLE = "UPSERT_KEY_FIELD"  # the projection's own settings, not FEEDLINE_*
+DELETE_EVENTS_VARIABLE = "UPSERT_DELETE_EVENTS"
 DEFAULT_KEY_FIELD = "id"
 
 documents_metadata = MetaData()
@@ -84,10 +87,10 @@ COLUMNS = ("subscription", "document_key", "event_name", "content", "last_sequen
 
 @projection(tables=[documents], reset=_reset)
 async def project_documents(events: Sequence[Event], context: ProjectionContext) -> None:
-    key_field = os.environ.get(env.UPSERT_KEY_FIELD) or DEFAULT_KEY_FIELD
+    key_field = os.environ.get(KEY_FIELD_VARIABLE) or DEFAULT_KEY_FIELD
     delete_events = frozenset(
         name.strip()
-        for name in os.environ.get(env.UPSERT_DELETE_EVENTS, "").split(",")
+        for name in os.environ.get(DELETE_EVENTS_VARIABLE, "").split(",")
         if name.strip()
     )
     changes = fold_documents(events, key_field, delete_events)

@@ -20,15 +20,27 @@ from starlette.responses import Response
 
 from feedline import __version__
 from feedline.chassis.auth import create_authorizer
-from feedline.chassis.database import Database, connect_database
-from feedline.chassis.eventstore import NOTIFY_CHANNEL, EventStore, event_store_metadata
+from feedline.chassis.database import (
+    DATABASE_URL_SETTING,
+    Database,
+    connect_database,
+    redacted,
+    unavailable,
+)
+from feedline.chassis.eventstore import (
+    NOTIFY_CHANNEL,
+    EventStore,
+    EventStoreOwnerError,
+    claim_event_store,
+    event_store_metadata,
+)
 from feedline.chassis.feed import feed_router
 from feedline.chassis.health import health_router
 from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.notifications import PostgresCommitListener
 from feedline.chassis.problems import install_problem_handlers
 from feedline.chassis.request_context import RequestContextMiddleware
-from feedline.chassis.settings import ServiceSettings
+from feedline.chassis.settings import ServiceSettings, default_database_url
 
 
 @dataclass
@@ -69,8 +81,44 @@ async def create_tables(database: Database, metadata: Sequence[MetaData]) -> Non
             await connection.run_sync(each.create_all)
 
 
+class ServiceDatabaseError(RuntimeError):
+    """The service cannot start on its database; one line says why and what to do."""
+
+
+async def prepare_database(definition: ServiceDefinition, database: Database, url: str) -> None:
+    """Create the tables and claim the event store for this service, or say why not.
+
+    A database whose event store another service owns is refused: the feed
+    would serve that service's events as this one's.
+    """
+    try:
+        await create_tables(database, definition.metadata)
+        async with database.transaction() as connection:
+            await claim_event_store(connection, definition.name)
+    except EventStoreOwnerError as exc:
+        raise ServiceDatabaseError(
+            f"the database {redacted(url)} holds the event store of {exc.owner}, not of "
+            f"{definition.name}: each service needs a database of its own; give "
+            f"{definition.name} its own with {DATABASE_URL_SETTING} (default: "
+            f"{default_database_url(definition.name)} in the working folder)"
+        ) from exc
+    except Exception as exc:
+        raise ServiceDatabaseError(str(unavailable(url, exc))) from exc
+
+
+async def check_database(definition: ServiceDefinition, settings: ServiceSettings) -> None:
+    """Before serving: the same start-up work on the database, so a failure is one line."""
+    url = settings.database_url_for(definition.name)
+    database = connect_database(url)
+    try:
+        await prepare_database(definition, database, url)
+    finally:
+        await database.dispose()
+
+
 def create_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
-    database = connect_database(settings.database_url)
+    database_url = settings.database_url_for(definition.name)
+    database = connect_database(database_url)
     store = EventStore(database)
     metrics = ServiceMetrics(definition.name)
     authorize, auth_client = create_authorizer(settings)
@@ -82,7 +130,7 @@ def create_app(definition: ServiceDefinition, settings: ServiceSettings) -> Fast
             cleanup.push_async_callback(database.dispose)
             if auth_client is not None:
                 cleanup.push_async_callback(auth_client.aclose)
-            await create_tables(database, definition.metadata)
+            await prepare_database(definition, database, database_url)
             if database.dialect == "postgresql":
                 listener = PostgresCommitListener(
                     database.url.asyncpg_dsn, NOTIFY_CHANNEL, store.commits
@@ -104,7 +152,9 @@ def create_app(definition: ServiceDefinition, settings: ServiceSettings) -> Fast
     app.state.context = context
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    app.include_router(feed_router(store, authorize, metrics))
+    app.include_router(
+        feed_router(store, authorize, metrics, recheck_seconds=settings.long_poll_recheck_seconds)
+    )
     app.include_router(health_router(database))
     for router in definition.routers:
         app.include_router(router)

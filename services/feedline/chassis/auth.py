@@ -1,6 +1,6 @@
 """Who may read a feed: none, a static bearer token, or a Kubernetes ServiceAccount token.
 
-``kubernetes`` mode checks the caller's projected ServiceAccount token with the
+``ServiceAccountToken`` mode checks the caller's projected ServiceAccount token with the
 API server's TokenReview (audience ``feedline``), using the service's own
 ServiceAccount token to ask. Positive answers are cached briefly so a busy
 subscriber does not cost a TokenReview per page.
@@ -19,7 +19,8 @@ import httpx
 import structlog
 from fastapi import HTTPException, Request
 
-from feedline.chassis.settings import AuthMode, ServiceSettings
+from feedline.chassis.settings import ServiceSettings
+from feedline_contracts.auth import FeedAuth
 
 log = structlog.get_logger("feedline.auth")
 
@@ -106,13 +107,13 @@ class KubernetesTokenReview:
 
 def create_authorizer(settings: ServiceSettings) -> tuple[FeedAuthorizer, httpx.AsyncClient | None]:
     """The authorizer for the configured mode, and a client to close at shutdown."""
-    if settings.feed_auth is AuthMode.NONE:
+    if settings.feed_auth is FeedAuth.NONE:
         return AllowAnyone(), None
-    if settings.feed_auth is AuthMode.TOKEN:
+    if settings.feed_auth is FeedAuth.TOKEN:
         token = settings.resolved_feed_token()
         if not token:
             raise ValueError(
-                "FEEDLINE_FEED_AUTH=token needs FEEDLINE_FEED_TOKEN or FEEDLINE_FEED_TOKEN_FILE"
+                "FEEDLINE_FEED_AUTH=Token needs FEEDLINE_FEED_TOKEN or FEEDLINE_FEED_TOKEN_FILE"
             )
         return StaticToken(token), None
     verify: ssl.SSLContext | bool = True

@@ -8,11 +8,15 @@ writers serialise at the start of a transaction instead of failing midway).
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import asyncpg
 from pydantic import AfterValidator
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -63,6 +67,115 @@ def parse_database_url(url: str) -> ParsedDatabaseUrl:
             )
         return ParsedDatabaseUrl("sqlite", parsed.set(drivername="sqlite+aiosqlite"))
     raise DatabaseUrlError(f"unsupported database URL scheme {backend!r}: expected {ACCEPTED_URLS}")
+
+
+def redacted(url: str) -> str:
+    """The URL as messages and logs may show it: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a database URL that cannot be parsed)"
+
+
+# Where a service (`feedline serve`) and a subscriber (`feedline subscribe`) take it.
+DATABASE_URL_SETTING = "--database-url (FEEDLINE_DATABASE_URL)"
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """A database that cannot be used; the one-line message names it and says what to do."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        # Whether waiting may help (a server not up yet), or only a change of setting.
+        self.transient = transient
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it wraps (SQLAlchemy's ``orig``, then ``__cause__``)."""
+    found: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in found and len(found) < 10:
+        found.append(current)
+        wrapped = getattr(current, "orig", None)
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    return found
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+# A diagnosis: what went wrong, what to do, and whether waiting (a retry) may help.
+Diagnosis = tuple[str, str, bool]
+
+
+def _sqlite_diagnosis(path: str, error: BaseException) -> Diagnosis:
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return (
+            f"folder {folder} does not exist",
+            f"create it, or pass another path in {DATABASE_URL_SETTING}",
+            False,
+        )
+    return (
+        f"cannot open {path}: {_one_line(error)}",
+        f"check that the file and its folder are writable, or fix {DATABASE_URL_SETTING}",
+        False,
+    )
+
+
+def _diagnose(url: URL, error: BaseException) -> Diagnosis:
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    fix = f"or fix {DATABASE_URL_SETTING}"
+    # The first rule that matches the error, or what it wraps, wins; OSError last.
+    rules: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str | None, str, bool]]
+    rules = [
+        (
+            ConnectionRefusedError,
+            f"connection refused at {where}",
+            f"start the database server, {fix}",
+            True,
+        ),
+        (
+            socket.gaierror,
+            f"host {url.host!r} not found",
+            f"fix the host in {DATABASE_URL_SETTING}",
+            True,
+        ),
+        (TimeoutError, f"no answer from {where}", f"check the server is reachable, {fix}", True),
+        (
+            asyncpg.InvalidAuthorizationSpecificationError,
+            None,
+            f"fix the user or password in {DATABASE_URL_SETTING}",
+            False,
+        ),
+        (asyncpg.InvalidCatalogNameError, None, f"create it (createdb), {fix}", False),
+        (
+            (asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError),
+            None,
+            f"wait for the server, {fix}",
+            True,
+        ),
+        (OSError, None, f"check the server is reachable, {fix}", True),
+    ]
+    for cause in _causes(error):
+        if isinstance(cause, sqlite3.OperationalError) and url.database:
+            return _sqlite_diagnosis(url.database, cause)
+        for kinds, reason, advice, transient in rules:
+            if isinstance(cause, kinds):
+                return reason or _one_line(cause), advice, transient
+    return f"{type(error).__name__}: {_one_line(error)}", f"check {DATABASE_URL_SETTING}", False
+
+
+def unavailable(
+    url: str, error: BaseException, *, what: str = "database"
+) -> DatabaseUnavailableError:
+    """``error`` met while connecting to ``url``, said in one line (the password hidden)."""
+    reason, advice, transient = _diagnose(make_url(url), error)
+    return DatabaseUnavailableError(
+        f"cannot use the {what} {redacted(url)}: {reason}; {advice}", transient=transient
+    )
 
 
 def _usable_database_url(url: str) -> str:

@@ -36,6 +36,8 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from feedline.chassis.database import Database
@@ -62,6 +64,44 @@ events = Table(
     Column("event_json", Text, nullable=False),
     Index("ix_events_name_sequence", "name", "sequence_number"),
 )
+
+
+# The store's own facts, one row each. "service": the service that owns the
+# store, recorded at its first start; another service refuses to start on it
+# (its feed would serve the owner's events as its own).
+event_store_info = Table(
+    "event_store_info",
+    event_store_metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+OWNER_KEY = "service"
+
+
+class EventStoreOwnerError(RuntimeError):
+    """The event store belongs to another service."""
+
+    def __init__(self, owner: str, service: str) -> None:
+        super().__init__(f"the event store belongs to {owner}, not to {service}")
+        self.owner = owner
+        self.service = service
+
+
+async def claim_event_store(connection: AsyncConnection, service: str) -> None:
+    """Record ``service`` as the store's owner if none is; raise if another service is."""
+    dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    await connection.execute(
+        dialect_insert(event_store_info)
+        .values(key=OWNER_KEY, value=service)
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    owner = (
+        await connection.execute(
+            select(event_store_info.c.value).where(event_store_info.c.key == OWNER_KEY)
+        )
+    ).scalar_one()
+    if owner != service:
+        raise EventStoreOwnerError(owner, service)
 
 
 # Event names are identifiers: the feed's `types` filter names them in a

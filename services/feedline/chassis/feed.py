@@ -24,9 +24,6 @@ DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 MAX_WAIT_SECONDS = 30.0
 MAX_SEQUENCE = 2**63 - 1  # BIGINT
-# While long-polling, re-check the database this often even without a
-# notification, so a lost NOTIFY only delays an answer.
-RECHECK_SECONDS = 1.0
 IMMUTABLE = "public, max-age=31536000, immutable"
 EVENT_NAME_LIST = rf"^{EVENT_NAME_CHARACTERS}+(,{EVENT_NAME_CHARACTERS}+)*$"
 
@@ -54,7 +51,16 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def feed_router(store: EventStore, authorize: FeedAuthorizer, metrics: ServiceMetrics) -> APIRouter:
+def feed_router(
+    store: EventStore,
+    authorize: FeedAuthorizer,
+    metrics: ServiceMetrics,
+    *,
+    recheck_seconds: float,
+) -> APIRouter:
+    """The feed's routes. While long-polling, the database is re-checked every
+    ``recheck_seconds`` even without a commit notification (a lost NOTIFY only
+    delays an answer); ServiceSettings.long_poll_recheck_seconds sets it."""
     router = APIRouter(tags=["feed"], dependencies=[Depends(authorize)])
     errors: dict[int | str, dict[str, Any]] = {400: PROBLEM_SCHEMA, 401: PROBLEM_SCHEMA}
 
@@ -112,7 +118,7 @@ def feed_router(store: EventStore, authorize: FeedAuthorizer, metrics: ServiceMe
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await store.commits.wait(min(remaining, RECHECK_SECONDS))
+            await store.commits.wait(min(remaining, recheck_seconds))
             page = await store.read_page(start, end, limit, type_list)
             etag = _etag(start, end, limit, types, page)
 

@@ -8,6 +8,7 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -72,7 +73,26 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     return problem(status, "Invalid request", detail, errors=errors)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+def allowed_methods(request: Request) -> list[str]:
+    """Every method that some route serves at the request's path.
+
+    The router answers 405 from the first route whose path matched, so its
+    ``Allow`` names that one route's methods only (``PUT`` where ``GET`` and
+    ``PUT`` are served by two routes of one path).
+    """
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    if root and path.startswith(f"{root}/"):
+        path = path.removeprefix(root)
+    allowed: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        pattern = getattr(route, "path_regex", None)
+        if route.methods and pattern is not None and pattern.match(path):
+            allowed.update(route.methods)
+    return sorted(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     title = {
         401: "Unauthorized",
@@ -81,7 +101,12 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
         405: "Method Not Allowed",
     }.get(exc.status_code, "Error")
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    return problem(exc.status_code, title, detail, headers=headers)
 
 
 async def _unexpected_error(_request: Request, exc: Exception) -> Response:

@@ -7,39 +7,45 @@ passes it to ``create_app``; tests build their own.
 from __future__ import annotations
 
 import tempfile
-from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedline.chassis.database import DatabaseUrl
+from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, refuse_old_names
 
 
-class AuthMode(StrEnum):
-    NONE = "none"
-    TOKEN = "token"  # static bearer token, e.g. from a Kubernetes Secret
-    KUBERNETES = "kubernetes"  # projected ServiceAccount token, checked with TokenReview
+def default_database_url(service: str) -> str:
+    """One SQLite file per service: two services started in one folder share nothing."""
+    return f"sqlite:///{service}.db"
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEEDLINE_", extra="ignore")
 
-    database_url: DatabaseUrl = Field(
-        default="sqlite:///feedline.db",
-        description="postgresql://... or sqlite:///path: the service's own database",
+    database_url: DatabaseUrl | None = Field(
+        default=None,
+        description=(
+            "postgresql://... or sqlite:///path: the service's own database "
+            "(default: sqlite:///SERVICE.db in the working folder, one file per service)"
+        ),
     )
-    feed_auth: AuthMode = Field(default=AuthMode.NONE, description="who may read the event feed")
+    feed_auth: FeedAuth = Field(
+        default=FeedAuth.NONE,
+        description="who may read the event feed: None, Token or ServiceAccountToken (any case)",
+    )
     feed_token: str | None = Field(
-        default=None, description="the bearer token when feed_auth=token"
+        default=None, description="the bearer token when feed_auth=Token"
     )
     feed_token_file: Path | None = Field(
-        default=None, description="a file holding the bearer token when feed_auth=token"
+        default=None, description="a file holding the bearer token when feed_auth=Token"
     )
-    token_review_audience: str = "feedline"
+    token_review_audience: str = TOKEN_AUDIENCE
     kubernetes_api_url: str = Field(
         default="https://kubernetes.default.svc",
-        description="where TokenReviews are sent when feed_auth=kubernetes",
+        description="where TokenReviews are sent when feed_auth=ServiceAccountToken",
     )
     kubernetes_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     kubernetes_ca_file: Path | None = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
@@ -53,7 +59,24 @@ class ServiceSettings(BaseSettings):
         default=Path(tempfile.gettempdir()),
         description="where the HTTP cache of outgoing queries keeps its SQLite file",
     )
+    long_poll_recheck_seconds: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=300,
+        description=(
+            "a long poll (GET /events?wait=) re-checks the database this often even without "
+            "a commit notification, so a lost notification only delays an answer this much"
+        ),
+    )
     log_level: str = "INFO"
+
+    @field_validator("feed_auth", mode="before")
+    @classmethod
+    def _feed_auth(cls, value: Any) -> Any:
+        return refuse_old_names(value) if isinstance(value, str) else value
+
+    def database_url_for(self, service: str) -> str:
+        return self.database_url or default_database_url(service)
 
     def resolved_feed_token(self) -> str | None:
         if self.feed_token:

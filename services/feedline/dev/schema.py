@@ -261,6 +261,10 @@ def _not_in(field: str, names: frozenset[str]) -> Check:
     return lambda v: not (_has(v, field) and v[field] in names)
 
 
+def _not_prefixed(field: str, prefix: str) -> Check:
+    return lambda v: not (_has(v, field) and str(v[field]).startswith(prefix))
+
+
 def _ge_field(optional: str, left: str, right: str) -> Check:
     def check(v: Any) -> bool:
         if not _has(v, optional):
@@ -301,6 +305,10 @@ _RULE_SHAPES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], Check]]] = [
     (
         re.compile(r"!\(self\.(\w+) in \[(.*)\]\)"),
         lambda m: _not_in(m[1], frozenset(re.findall(r"'([^']*)'", m[2]))),
+    ),
+    (
+        re.compile(r"!self\.(\w+)\.startsWith\('([^']*)'\)"),
+        lambda m: _not_prefixed(m[1], m[2]),
     ),
     (
         re.compile(

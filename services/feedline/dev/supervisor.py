@@ -41,6 +41,7 @@ from feedline.dev.manifests import Folder, LoadedSubscription
 from feedline.dev.plan import Layout, ProcessSpec
 from feedline.dev.schedule import next_run
 from feedline.dev.status import SubscriptionStatus
+from feedline_contracts.follower import SUMMARY_PATH
 
 STOP_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 30.0
@@ -348,7 +349,7 @@ class Worker:
         self.status.next_run = None
 
     async def _poll_follower(self, child: Child, port: int) -> None:
-        url = f"http://127.0.0.1:{port}/summary"
+        url = f"http://127.0.0.1:{port}{SUMMARY_PATH}"
         async with httpx.AsyncClient(timeout=2.0) as http:
             while child.returncode is None:
                 with contextlib.suppress(httpx.HTTPError, ValueError):

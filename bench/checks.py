@@ -1,0 +1,199 @@
+"""The benchmarks' correctness checks, and how they report their conditions.
+
+Each check returns the problems it found (an empty list when all is well);
+``require`` turns problems into ``CheckError``, and each benchmark's command
+line turns ``CheckError`` into a message on stderr and exit status 1. A figure
+from a run that did not do what it claims is not a figure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# How many offending names or numbers a message lists before "...".
+SHOWN = 5
+
+CHECK_FAILED_EXIT = 1
+
+
+class CheckError(Exception):
+    """A benchmark's correctness check failed: its figures must not be reported."""
+
+
+def require(what: str, problems: Sequence[str]) -> None:
+    if problems:
+        raise CheckError(f"{what}: " + "; ".join(problems))
+
+
+def fail_and_exit(program: str, failure: CheckError) -> None:
+    print(f"{program}: CHECK FAILED: {failure}", file=sys.stderr, flush=True)
+    sys.exit(CHECK_FAILED_EXIT)
+
+
+def _some(values: Iterable[object]) -> str:
+    listed = sorted(values, key=str)
+    shown = ", ".join(str(value) for value in listed[:SHOWN])
+    return shown + (f", ... ({len(listed)} in all)" if len(listed) > SHOWN else "")
+
+
+def count_problems(what: str, actual: int, expected: int) -> list[str]:
+    if actual == expected:
+        return []
+    return [f"{what}: {actual:,}, expected {expected:,}"]
+
+
+def read_model_problems(
+    rows: Iterable[tuple[int, str, int]], expected: int, description: Callable[[int], str]
+) -> list[str]:
+    """The read model after ``expected`` distinct SpecialOfferCreated events.
+
+    Offer n was created by the event at sequence n, so the rows must be exactly
+    ``(n, description(n), n)`` for n in 1..expected: that many rows, no offer
+    twice, none missing, none extra, each with its own description and position.
+    """
+    rows = list(rows)
+    problems = count_problems("rows", len(rows), expected)
+    counts = Counter(offer for offer, _, _ in rows)
+    duplicated = {offer for offer, seen in counts.items() if seen > 1}
+    if duplicated:
+        problems.append(f"{len(duplicated):,} offers in more than one row: {_some(duplicated)}")
+    wanted = range(1, expected + 1)
+    missing = set(wanted).difference(counts)
+    if missing:
+        problems.append(f"{len(missing):,} offers missing: {_some(missing)}")
+    extra = {offer for offer in counts if offer not in wanted}
+    if extra:
+        problems.append(f"{len(extra):,} unexpected offers: {_some(extra)}")
+    wrong = {
+        offer
+        for offer, text, position in rows
+        if offer in wanted and (text != description(offer) or position != offer)
+    }
+    if wrong:
+        problems.append(
+            f"{len(wrong):,} rows with the wrong description or last_sequence_number: "
+            f"{_some(wrong)}"
+        )
+    return problems
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """An EventSubscription as the benchmark lists it at the end."""
+
+    name: str
+    uid: str
+    ready: bool
+
+
+@dataclass(frozen=True)
+class Child:
+    """A CronJob or Deployment in the benchmark's namespace."""
+
+    kind: str
+    name: str
+    # uids named by its ownerReferences with controller=True and kind EventSubscription
+    controller_uids: tuple[str, ...]
+
+
+def operator_problems(
+    expected: int, subscriptions: Sequence[Subscription], children: Sequence[Child]
+) -> list[str]:
+    """After ``expected`` CronJob-mode EventSubscriptions were created.
+
+    Exactly ``expected`` subscriptions, all Ready=True; exactly ``expected``
+    CronJobs and no Deployments; each CronJob controlled by exactly one of the
+    subscriptions, and each subscription controlling exactly one CronJob.
+    """
+    problems = count_problems("EventSubscriptions", len(subscriptions), expected)
+    not_ready = [s.name for s in subscriptions if not s.ready]
+    if not_ready:
+        problems.append(f"{len(not_ready):,} not Ready=True: {_some(not_ready)}")
+    cronjobs = [child for child in children if child.kind == "CronJob"]
+    others = [f"{child.kind}/{child.name}" for child in children if child.kind != "CronJob"]
+    problems += count_problems("CronJobs", len(cronjobs), expected)
+    if others:
+        problems.append(f"{len(others):,} children that are not CronJobs: {_some(others)}")
+    names = Counter(child.name for child in cronjobs)
+    repeated = [name for name, seen in names.items() if seen > 1]
+    if repeated:
+        problems.append(f"CronJob names listed more than once: {_some(repeated)}")
+    by_uid = {s.uid: s.name for s in subscriptions}
+    owned: Counter[str] = Counter()
+    unowned: list[str] = []
+    for child in cronjobs:
+        owners = [uid for uid in child.controller_uids if uid in by_uid]
+        if len(owners) != 1 or len(child.controller_uids) != 1:
+            unowned.append(child.name)
+        owned.update(owners)
+    if unowned:
+        problems.append(
+            f"{len(unowned):,} CronJobs not controlled by exactly one of the subscriptions: "
+            f"{_some(unowned)}"
+        )
+    duplicated = [by_uid[uid] for uid, seen in owned.items() if seen > 1]
+    if duplicated:
+        problems.append(
+            f"{len(duplicated):,} subscriptions controlling more than one CronJob: "
+            f"{_some(duplicated)}"
+        )
+    childless = [s.name for s in subscriptions if owned[s.uid] == 0]
+    if childless:
+        problems.append(f"{len(childless):,} subscriptions without a CronJob: {_some(childless)}")
+    return problems
+
+
+def significant(value: float, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits, trailing zeros kept (0.2500, not 0.25)."""
+    return f"{value:#.{digits}g}".rstrip(".")
+
+
+def plain(value: float) -> str:
+    """``value`` with thousands separators and at least 5 significant digits (counts: whole)."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    whole = len(str(int(abs(value))))
+    return f"{value:,.{max(0, 5 - whole)}f}"
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    """A ratio to 4 significant digits, with the figures it comes from."""
+    return f"{significant(numerator / denominator)} = {plain(numerator)} / {plain(denominator)}"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def cores() -> str:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    total = os.cpu_count()
+    if usable is not None and usable != total:
+        return f"{usable} usable of {total}"
+    return str(total)
+
+
+def filesystem_of(path: Path) -> str:
+    """The type and mount point of the file system holding ``path``, from /proc/mounts."""
+    try:
+        mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown file system"
+    resolved = str(path.resolve())
+    best: tuple[str, str] | None = None
+    for fields in mounts:
+        if len(fields) < 3:
+            continue
+        mount_point, kind = fields[1], fields[2]
+        inside = resolved == mount_point or resolved.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) >= len(best[0])):
+            best = (mount_point, kind)
+    return f"{best[1]} (mounted at {best[0]})" if best else "unknown file system"

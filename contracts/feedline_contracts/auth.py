@@ -1,0 +1,50 @@
+"""Feed auth: one vocabulary for the CRD, flags, environment variables and docs.
+
+The names are the EventSubscription's `spec.feed.auth.type` values. Flags and
+environment variables accept them in any letter case (`none` = `None`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class FeedAuth(StrEnum):
+    NONE = "None"  # no token: local use
+    TOKEN = "Token"  # a static bearer token, from a Secret
+    SERVICE_ACCOUNT_TOKEN = "ServiceAccountToken"  # a projected token, checked by TokenReview
+
+    @classmethod
+    def _missing_(cls, value: object) -> FeedAuth | None:
+        if isinstance(value, str):
+            for member in cls:
+                if member.value.lower() == value.lower():
+                    return member
+        return None
+
+
+ACCEPTED: Final = ", ".join(member.value for member in FeedAuth)
+
+# Names the ServiceAccountToken mode had before there was one vocabulary (the
+# service said `kubernetes`, the subscriber `serviceaccount`): refused, with
+# the name to use instead, rather than read as something else.
+OLD_NAMES: Final = {
+    "kubernetes": FeedAuth.SERVICE_ACCOUNT_TOKEN,
+    "serviceaccount": FeedAuth.SERVICE_ACCOUNT_TOKEN,
+}
+
+
+def refuse_old_names(value: str) -> str:
+    """``value`` stripped, for a FeedAuth field; a ValueError if it is an old name."""
+    word = value.strip()
+    new = OLD_NAMES.get(word.lower())
+    if new is not None:
+        raise ValueError(
+            f"{word!r} is an old name: use {new.value} (accepted: {ACCEPTED}, in any letter case)"
+        )
+    return word
+
+
+# The audience a projected ServiceAccount token is issued for and checked against.
+TOKEN_AUDIENCE: Final = "feedline"
