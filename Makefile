@@ -19,10 +19,11 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv and install feedline with its dev tools
 
 .PHONY: lint
-lint: install ## ruff (lint + format check) and mypy --strict
+lint: install ## ruff (lint + format check), mypy --strict, and the import layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy contracts services cronjobs operator tests bench
+	$(VENV)/bin/lint-imports
 
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting

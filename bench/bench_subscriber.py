@@ -72,8 +72,8 @@ from bench.checks import (
     require,
     significant,
 )
-from feedline.chassis.database import connect_database
 from feedline.chassis.eventstore import EventStore, NewEvent
+from feedline_contracts.database import connect_database
 
 SUBSCRIBER_PAGE = 10_000
 BASELINE_PAGE = 100

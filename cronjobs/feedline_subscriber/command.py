@@ -1,6 +1,6 @@
 """`feedline subscribe`: one subscriber run (or a follower), configured by flags or environment.
 
-Every flag has an environment variable (feedline_subscriber.environment); the
+Every flag has an environment variable (feedline_contracts.subscriber_env); the
 operator renders those. Bad values exit 2 with a message naming the flag, its
 variable and what is accepted.
 """
@@ -19,7 +19,7 @@ from typing import Annotated
 import structlog
 import typer
 
-from feedline_subscriber import environment as env
+from feedline_contracts import subscriber_env as env
 from feedline_subscriber.projection import load_projection
 from feedline_subscriber.runner import run_subscription
 from feedline_subscriber.settings import SettingsError, SubscriberSettings, load_settings

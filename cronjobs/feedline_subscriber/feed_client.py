@@ -22,6 +22,8 @@ import httpx
 import orjson
 from httpx_retries import Retry, aretry_request
 
+from feedline_contracts.feed import HEAD_HEADER
+
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
 
 
@@ -70,9 +72,9 @@ def _next_start(response: httpx.Response) -> int:
 
 
 def _head(response: httpx.Response) -> int:
-    raw = response.headers.get("feed-head")
+    raw = response.headers.get(HEAD_HEADER)
     if raw is None:
-        raise FeedProtocolError("no Feed-Head header")
+        raise FeedProtocolError(f"no {HEAD_HEADER} header")
     try:
         head = int(raw)
     except ValueError:

@@ -20,8 +20,8 @@ from typing import Final, TypeVar
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline.chassis.database import Database, DatabaseUnavailableError, redacted, unavailable
-from feedline_subscriber import environment as env
+from feedline_contracts import subscriber_env as env
+from feedline_contracts.database import Database, DatabaseUnavailableError, redacted, unavailable
 
 log = structlog.get_logger("feedline.subscriber")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline.chassis.database import Database, DatabaseUnavailableError, connect_database
+from feedline_contracts.database import Database, DatabaseUnavailableError, connect_database
 from feedline_subscriber.checkpoint import (
     SQLITE_LEASE_SECONDS,
     Checkpoint,

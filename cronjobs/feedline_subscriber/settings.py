@@ -1,6 +1,6 @@
 """Settings of one subscriber run, read from the environment by pydantic-settings.
 
-Every field reads exactly one name from :mod:`feedline_subscriber.environment`
+Every field reads exactly one name from :mod:`feedline_contracts.subscriber_env`
 (the operator renders those) and has one ``feedline subscribe`` flag; the CLI
 passes the flags it was given as keyword arguments, which win over the
 environment. Nothing here is read at import time.
@@ -17,13 +17,12 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from feedline.chassis.database import DatabaseUrl
-from feedline.chassis.eventstore import EVENT_NAME_PATTERN
+from feedline_contracts import subscriber_env as env
 from feedline_contracts.auth import FeedAuth, refuse_old_names
-from feedline_subscriber import environment as env
+from feedline_contracts.database import DatabaseUrl
+from feedline_contracts.feed import EVENT_NAME_PATTERN, MAX_LIMIT, MAX_WAIT_SECONDS
 
-MAX_PAGE_SIZE = 10_000  # the feed protocol's largest `limit`
-MAX_WAIT_SECONDS = 30.0  # the feed protocol's largest `wait`
+MAX_PAGE_SIZE = MAX_LIMIT  # a batch is one page
 SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 

@@ -11,20 +11,13 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 
 import orjson
 
-TERMINATION_MESSAGE_LIMIT = 4096
+from feedline_contracts.summary import TERMINATION_MESSAGE_LIMIT, Outcome
 
-
-class Outcome(StrEnum):
-    CAUGHT_UP = "CaughtUp"  # position reached the head
-    PROGRESSED = "Progressed"  # stopped early (max events per run, SIGTERM); lag remains
-    HALTED = "Halted"  # a poison event under the Halt policy; position stays before it
-    FAILED = "Failed"  # the feed, the database or the configuration failed the run
-    LOCKED = "Locked"  # another run of the subscription holds the lock; nothing applied
+__all__ = ["TERMINATION_MESSAGE_LIMIT", "Outcome", "Summary"]
 
 
 EXIT_CODES = {

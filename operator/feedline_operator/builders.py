@@ -11,10 +11,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedline_contracts import subscriber_env as env_names
 from feedline_contracts.follower import HEALTH_PATH
 from feedline_operator import names
 from feedline_operator.spec import EventSubscription, Quantities
-from feedline_subscriber import environment as env_names
 
 Manifest = dict[str, Any]
 

@@ -3,8 +3,8 @@
 import posixpath
 from typing import Final
 
-from feedline_contracts import auth, follower
-from feedline_subscriber import environment
+from feedline_contracts import auth, follower, summary
+from feedline_contracts import subscriber_env as environment
 
 GROUP: Final = "feedline.dev"
 VERSION: Final = "v1alpha1"
@@ -35,7 +35,7 @@ FINALIZER: Final = f"{GROUP}/operator"
 
 CONTAINER_NAME: Final = "subscriber"
 SUBSCRIBE_COMMAND: Final = ("feedline", "subscribe")
-TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
+TERMINATION_MESSAGE_PATH: Final = summary.TERMINATION_MESSAGE_PATH
 # The feed token (a Secret key or a projected ServiceAccount token) is mounted
 # where the subscriber looks by default: FEED_TOKEN_DIR/FEED_TOKEN_FILE.
 FEED_TOKEN_DIR: Final = posixpath.dirname(environment.DEFAULT_SERVICEACCOUNT_TOKEN_FILE)

@@ -16,6 +16,7 @@ import httpx
 import kopf
 
 from feedline_contracts.follower import STATUS_PORT, SUMMARY_PATH
+from feedline_contracts.summary import OUTCOMES, STALLED_OUTCOMES
 from feedline_operator import names, status
 from feedline_operator.kube import Kube, collection_path, object_path
 from feedline_operator.reporting import Logger, as_body
@@ -36,7 +37,7 @@ def observe_pod(kube: Kube, pod: Mapping[str, Any], logger: Logger) -> None:
     if not record_run(kube, namespace, owner, run):
         return
     logger.info(f"run {run.name}: {run.outcome}, position {run.position}, lag {run.lag}")
-    if run.outcome in status.STALLED_OUTCOMES:
+    if run.outcome in STALLED_OUTCOMES:
         parent = kube.get(object_path(names.API_VERSION, names.KIND, namespace, owner))
         if parent is not None:
             kopf.warn(as_body(parent), reason=f"Run{run.outcome}", message=run.message)
@@ -75,7 +76,7 @@ def fetch_follower_run(pod_name: str, url: str, timeout: float = 3.0) -> status.
         # the subscription's position and lag stale.
         log.warning("follower %s: cannot read its summary at %s: %s", pod_name, url, error)
         return None
-    if not isinstance(data, dict) or data.get("outcome") not in status.OUTCOMES:
+    if not isinstance(data, dict) or data.get("outcome") not in OUTCOMES:
         log.warning("follower %s: %s answered no run summary: %.200r", pod_name, url, data)
         return None
     return status.summary_to_run(pod_name, data)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from feedline_subscriber import environment as env_names
+from feedline_contracts import subscriber_env as env_names
 
 # The CRD's rule on spec.subscriber.env[].name says the same (a unit test compares them).
 RESERVED_ENV_MESSAGE = (

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from feedline_contracts.summary import (
+    OUTCOMES,
+    STALLED_OUTCOMES,
+    TERMINATION_MESSAGE_LIMIT,
+    Outcome,
+)
 from feedline_operator import names
 
 Status = dict[str, Any]
-
-OUTCOMES = frozenset({"CaughtUp", "Progressed", "Halted", "Failed", "Locked"})
-STALLED_OUTCOMES = frozenset({"Halted", "Failed"})
-_MESSAGE_LIMIT = 4096
 
 
 def rfc3339(moment: datetime) -> str:
@@ -62,7 +64,7 @@ class Run:
             "outcome": self.outcome,
             "processed": self.processed,
             "deadLettered": self.dead_lettered,
-            "message": self.message[:_MESSAGE_LIMIT],
+            "message": self.message[:TERMINATION_MESSAGE_LIMIT],
         }
         if self.start_time:
             out["startTime"] = self.start_time
@@ -115,7 +117,7 @@ def run_from_pod(pod: Mapping[str, Any]) -> Run | None:
     run = parse_summary(name, message)
     if run is not None:
         if run.outcome not in STALLED_OUTCOMES and phase == "Failed":
-            run = Run(**{**run.__dict__, "outcome": "Failed"})
+            run = Run(**{**run.__dict__, "outcome": Outcome.FAILED})
         return run
     started = _parse_time(terminated.get("startedAt") or status.get("startTime"))
     finished = _parse_time(terminated.get("finishedAt"))
@@ -130,7 +132,7 @@ def run_from_pod(pod: Mapping[str, Any]) -> Run | None:
             detail = f"{detail}: {status['message']}"
     return Run(
         name=name,
-        outcome="Failed" if phase == "Failed" else "Progressed",
+        outcome=Outcome.FAILED if phase == "Failed" else Outcome.PROGRESSED,
         message=detail,
         start_time=rfc3339(started) if started else None,
         completion_time=rfc3339(finished) if finished else None,
@@ -173,7 +175,7 @@ def set_condition(
         "type": type_,
         "status": value,
         "reason": reason,
-        "message": message[:_MESSAGE_LIMIT],
+        "message": message[:TERMINATION_MESSAGE_LIMIT],
         "lastTransitionTime": transition,
         "observedGeneration": generation,
     }
@@ -230,7 +232,7 @@ def with_run(status: Mapping[str, Any], run: Run, *, generation: int, now: datet
         out["lag"] = max(run.head - run.position, 0)
     out["lastRun"] = run.last_run()
     lag = out.get("lag")
-    if run.outcome == "Failed" and run.lag is None:
+    if run.outcome == Outcome.FAILED and run.lag is None:
         set_condition(out, "CaughtUp", "Unknown", "RunFailed", run.message, generation, now)
     elif lag == 0:
         set_condition(out, "CaughtUp", "True", "CaughtUp", "lag 0 at the last run", generation, now)

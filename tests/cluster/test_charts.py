@@ -221,7 +221,7 @@ def test_demo_chart_objects_are_accepted(
     loyalty = subscriptions["loyalty-special-offers"]["spec"]
     assert loyalty["feed"]["url"] == "http://special-offers/events"
     assert loyalty["readModel"]["projection"] == (
-        "feedline_subscriber.projections.loyalty:project_special_offers"
+        "feedline.services.loyalty_program.projection:project_special_offers"
     )
     for spec in (s["spec"] for s in subscriptions.values()):
         database = spec["readModel"]["databaseSecretRef"]

@@ -97,7 +97,7 @@ def test_serve_answers_ready_and_the_subscriber_reads_its_feed(served: tuple[str
         "exec", "--env=FEEDLINE_TERMINATION_LOG=/tmp/termination-log", name,
         "feedline", "subscribe", "--subscription=loyalty", "--feed-url=http://127.0.0.1:8080/events",
         "--database-url=sqlite:////tmp/read-model.db",
-        "--projection=feedline_subscriber.projections.loyalty:project_special_offers",
+        "--projection=feedline.services.loyalty_program.projection:project_special_offers",
     )  # fmt: skip
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["outcome"], summary["position"], summary["lag"]) == ("CaughtUp", 1, 0)

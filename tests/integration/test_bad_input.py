@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 
 from feedline.chassis.app import create_app
-from feedline.chassis.database import redacted
 from feedline.chassis.settings import ServiceSettings
 from feedline.services.registry import SERVICES
+from feedline_contracts.database import redacted
 from tests.integration.conftest import StartService
 from tests.support.ports import free_port
 from tests.support.services import FEEDLINE, running_service

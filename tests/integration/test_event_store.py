@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from feedline.chassis.app import create_tables
-from feedline.chassis.database import connect_database
 from feedline.chassis.eventstore import EventStore, NewEvent
 from feedline.services.special_offers import metadata as offers_metadata
 from feedline.services.special_offers import offers
+from feedline_contracts.database import connect_database
 from tests.integration.conftest import StartService
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import insert
 
-from feedline.chassis.database import connect_database
 from feedline.services.loyalty_program.read_model import special_offers
+from feedline_contracts.database import connect_database
 from tests.integration.conftest import StartService
 
 pytestmark = pytest.mark.integration

@@ -196,7 +196,7 @@ def subscription(name: str, **spec: Any) -> dict[str, Any]:
             "schedule": "0 0 1 1 *",
             "readModel": {
                 "databaseSecretRef": {"name": "read-model", "key": "dsn"},
-                "projection": "feedline_subscriber.projections.loyalty:project_special_offers",
+                "projection": "feedline.services.loyalty_program.projection:project_special_offers",
             },
         },
     }

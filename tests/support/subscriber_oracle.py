@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from feedline.chassis.database import connect_database, parse_database_url
+from feedline_contracts.database import connect_database, parse_database_url
 
 Offers = dict[int, tuple[str, int]]
 

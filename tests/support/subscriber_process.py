@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 FEEDLINE = str(Path(sys.executable).with_name("feedline"))
-LOYALTY = "feedline_subscriber.projections.loyalty:project_special_offers"
+LOYALTY = "feedline.services.loyalty_program.projection:project_special_offers"
 AUDITED = "tests.support.subscriber_projections:audited_special_offers"
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import orjson
 
-from feedline.chassis.database import connect_database
 from feedline.chassis.eventstore import EventStore, NewEvent
+from feedline_contracts.database import connect_database
 
 
 async def publish_commands(

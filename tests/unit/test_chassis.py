@@ -12,12 +12,12 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from feedline.chassis.auth import KubernetesTokenReview, StaticToken, create_authorizer
-from feedline.chassis.database import DatabaseUrlError, parse_database_url
 from feedline.chassis.eventstore import NewEvent
 from feedline.chassis.feed import _matches
 from feedline.chassis.settings import ServiceSettings
 from feedline.chassis.tracing import continue_or_start, parse_traceparent
 from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth
+from feedline_contracts.database import DatabaseUrlError, parse_database_url
 
 pytestmark = pytest.mark.unit
 

@@ -14,9 +14,9 @@ from feedline.dev.plan import Layout
 from feedline.dev.schedule import next_run
 from feedline.dev.status import SubscriptionStatus, render_table
 from feedline.dev.supervisor import base_environment
+from feedline_contracts import subscriber_env as env
 from feedline_operator import builders
 from feedline_operator.spec import EventSubscription
-from feedline_subscriber import environment as env
 
 pytestmark = pytest.mark.unit
 
@@ -34,7 +34,7 @@ def _loaded(**spec: Any) -> LoadedSubscription:
             "schedule": "* * * * *",
             "readModel": {
                 "databaseSecretRef": {"name": "loyalty-db", "key": "dsn"},
-                "projection": "feedline_subscriber.projections.loyalty:project_special_offers",
+                "projection": "feedline.services.loyalty_program.projection:project_special_offers",
             },
             **spec,
         },

@@ -27,7 +27,7 @@ VALID: dict[str, Any] = {
         "schedule": "*/5 * * * *",
         "readModel": {
             "databaseSecretRef": {"name": "loyalty-db", "key": "dsn"},
-            "projection": "feedline_subscriber.projections.loyalty:project_special_offers",
+            "projection": "feedline.services.loyalty_program.projection:project_special_offers",
         },
     },
 }

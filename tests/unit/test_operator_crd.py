@@ -9,11 +9,11 @@ import pytest
 from croniter import croniter
 from pydantic import ValidationError
 
+from feedline_contracts import subscriber_env as env_names
 from feedline_contracts.auth import FeedAuth
 from feedline_operator.builders import RENDERED_ENV
 from feedline_operator.spec import RESERVED_ENV_MESSAGE, EnvVar, EventSubscriptionSpec
 from feedline_operator.spec import FeedAuth as FeedAuthSpec
-from feedline_subscriber import environment as env_names
 from feedline_subscriber.settings import FLAGS
 from tests.support.operator_fixtures import crd, crd_schema
 

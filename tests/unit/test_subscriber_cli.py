@@ -8,8 +8,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from feedline_contracts import subscriber_env as env
 from feedline_contracts.auth import FeedAuth
-from feedline_subscriber import environment as env
 from feedline_subscriber.command import subscribe
 from feedline_subscriber.settings import FLAGS, SettingsError, load_settings
 
@@ -23,7 +23,7 @@ REQUIRED = [
     "--database-url",
     "sqlite:///rm.db",
     "--projection",
-    "feedline_subscriber.projections.loyalty:project_special_offers",
+    "feedline.services.loyalty_program.projection:project_special_offers",
 ]
 
 

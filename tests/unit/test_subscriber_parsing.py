@@ -14,9 +14,9 @@ import httpx
 import orjson
 import pytest
 
-from feedline.chassis.database import DatabaseUnavailableError
+from feedline_contracts.database import DatabaseUnavailableError
 from feedline_subscriber.feed_client import Event, FeedProtocolError, parse_page
-from feedline_subscriber.projections.loyalty import (
+from feedline.services.loyalty_program.projection import (
     InvalidSpecialOfferEventError,
     fold_special_offer_events,
 )

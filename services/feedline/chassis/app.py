@@ -20,13 +20,6 @@ from starlette.responses import Response
 
 from feedline import __version__
 from feedline.chassis.auth import create_authorizer
-from feedline.chassis.database import (
-    DATABASE_URL_SETTING,
-    Database,
-    connect_database,
-    redacted,
-    unavailable,
-)
 from feedline.chassis.eventstore import (
     NOTIFY_CHANNEL,
     EventStore,
@@ -41,6 +34,13 @@ from feedline.chassis.notifications import PostgresCommitListener
 from feedline.chassis.problems import install_problem_handlers
 from feedline.chassis.request_context import RequestContextMiddleware
 from feedline.chassis.settings import ServiceSettings, default_database_url
+from feedline_contracts.database import (
+    DATABASE_URL_SETTING,
+    Database,
+    connect_database,
+    redacted,
+    unavailable,
+)
 
 
 @dataclass

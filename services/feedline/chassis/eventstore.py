@@ -13,7 +13,6 @@ after the lock, so it sees the previous writer's commit.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline.chassis.database import Database
 from feedline.chassis.notifications import CommitSignal
+from feedline_contracts.database import Database
+from feedline_contracts.feed import EVENT_NAME_PATTERN
 
 NOTIFY_CHANNEL = "feedline_events"
 # pg_advisory_xact_lock key that serialises appends ("feedline" in ASCII, as a number).
@@ -102,12 +102,6 @@ async def claim_event_store(connection: AsyncConnection, service: str) -> None:
     ).scalar_one()
     if owner != service:
         raise EventStoreOwnerError(owner, service)
-
-
-# Event names are identifiers: the feed's `types` filter names them in a
-# comma-separated list, and the feed writes them into JSON without escaping.
-EVENT_NAME_CHARACTERS = r"[A-Za-z0-9_.:\-]"
-EVENT_NAME_PATTERN = re.compile(rf"{EVENT_NAME_CHARACTERS}{{1,200}}")
 
 
 @dataclass(frozen=True)

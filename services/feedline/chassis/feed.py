@@ -16,14 +16,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from feedline.chassis.auth import FeedAuthorizer
-from feedline.chassis.eventstore import EVENT_NAME_CHARACTERS, EventStore, FeedPage
+from feedline.chassis.eventstore import EventStore, FeedPage
 from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
+from feedline_contracts.feed import (
+    DEFAULT_LIMIT,
+    EVENT_NAME_CHARACTERS,
+    HEAD_HEADER,
+    MAX_LIMIT,
+    MAX_SEQUENCE,
+    MAX_WAIT_SECONDS,
+)
 
-DEFAULT_LIMIT = 1000
-MAX_LIMIT = 10_000
-MAX_WAIT_SECONDS = 30.0
-MAX_SEQUENCE = 2**63 - 1  # BIGINT
 IMMUTABLE = "public, max-age=31536000, immutable"
 EVENT_NAME_LIST = rf"^{EVENT_NAME_CHARACTERS}+(,{EVENT_NAME_CHARACTERS}+)*$"
 
@@ -73,7 +77,7 @@ def feed_router(
                 "content": {"application/json": {"example": FEED_EXAMPLE}},
                 "headers": {
                     "Link": {"description": 'Where the next read starts: <...>; rel="next"'},
-                    "Feed-Head": {"description": "The highest committed sequence number"},
+                    HEAD_HEADER: {"description": "The highest committed sequence number"},
                     "ETag": {"description": "Identifies this page's content"},
                 },
             },
@@ -128,7 +132,7 @@ def feed_router(
         )
         headers = {
             "Link": f'<{next_url}>; rel="next"',
-            "Feed-Head": str(page.head),
+            HEAD_HEADER: str(page.head),
             "ETag": etag,
             "Cache-Control": IMMUTABLE if full else "no-cache",
         }
@@ -148,7 +152,7 @@ def feed_router(
         return Response(
             b'{"head":%d}' % head,
             media_type="application/json",
-            headers={"Cache-Control": "no-cache", "Feed-Head": str(head)},
+            headers={"Cache-Control": "no-cache", HEAD_HEADER: str(head)},
         )
 
     return router

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
-from feedline.chassis.database import Database
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
+from feedline_contracts.database import Database
 
 
 def health_router(database: Database) -> APIRouter:

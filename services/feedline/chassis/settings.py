@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from feedline.chassis.database import DatabaseUrl
 from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, refuse_old_names
+from feedline_contracts.database import DatabaseUrl
 
 
 def default_database_url(service: str) -> str:

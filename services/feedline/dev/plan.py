@@ -31,8 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from feedline.dev.manifests import Folder, LoadedSubscription
 from feedline.services.registry import DEFAULT_PORTS
+from feedline_contracts import subscriber_env as env_names
 from feedline_operator import builders
-from feedline_subscriber import environment as env_names
 
 STATE_DIR_NAME = ".feedline-dev"
 STATE_DIR_VAR = "FEEDLINE_DEV_STATE_DIR"

@@ -1,7 +1,7 @@
 """The loyalty program's read model of special offers.
 
 Written only by the subscriber projection
-``feedline_subscriber.projections.loyalty:project_special_offers`` (from the
+``feedline.services.loyalty_program.projection:project_special_offers`` (from the
 special-offers feed); read by ``GET /users/{id}/offers``.
 """
 

@@ -7,6 +7,8 @@ passes them to local processes. Every `feedline subscribe` flag has one.
 
 from typing import Final
 
+from feedline_contracts.summary import TERMINATION_MESSAGE_PATH
+
 # Every variable the subscriber reads starts with it, and the operator renders
 # them all: an EventSubscription's spec.subscriber.env may not set any.
 PREFIX: Final = "FEEDLINE_"
@@ -32,7 +34,7 @@ FOLLOW: Final = "FEEDLINE_FOLLOW"  # "true" runs as a follower (long-polls, neve
 STATUS_PORT: Final = "FEEDLINE_STATUS_PORT"  # follow mode: serves the latest summary and health
 TERMINATION_LOG: Final = "FEEDLINE_TERMINATION_LOG"  # default /dev/termination-log
 
-DEFAULT_TERMINATION_LOG: Final = "/dev/termination-log"
+DEFAULT_TERMINATION_LOG: Final = TERMINATION_MESSAGE_PATH
 
 # Added with the subscriber itself (same rules: the operator renders them).
 FEED_WAIT_SECONDS: Final = "FEEDLINE_FEED_WAIT_SECONDS"  # follow mode: long-poll seconds (0..30)

@@ -1,6 +1,6 @@
 """The loyalty program's read model of special offers, from the special-offers feed.
 
-Import path: ``feedline_subscriber.projections.loyalty:project_special_offers``.
+Import path: ``feedline.services.loyalty_program.projection:project_special_offers``.
 Writes ``loyalty_special_offers`` (offer_id, description, last_sequence_number):
 ``SpecialOfferCreated`` and ``SpecialOfferUpdated`` upsert the offer,
 ``SpecialOfferRemoved`` deletes it; other event names are ignored. A batch is
