@@ -178,6 +178,23 @@ def unavailable(
     )
 
 
+def missing_sqlite_folder(url: str) -> DatabaseUnavailableError | None:
+    """A SQLite URL whose folder does not exist, said before any driver thread starts.
+
+    Checked up front because a failed aiosqlite connect can leave its worker
+    thread to print at interpreter exit, which would muddle a one-line error.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if Path(parsed.database).parent.is_dir():
+        return None
+    reason, advice, transient = _sqlite_diagnosis(parsed.database, FileNotFoundError())
+    return DatabaseUnavailableError(
+        f"cannot use the database {redacted(url)}: {reason}; {advice}", transient=transient
+    )
+
+
 def _usable_database_url(url: str) -> str:
     try:
         parse_database_url(url)

@@ -234,7 +234,8 @@ def test_serve_on_a_database_it_cannot_open_exits_3_with_one_line(
         says = f"folder {tmp_path / 'missing-folder'} does not exist"
     result = serve_until_exit("special-offers", url)
     assert result.returncode == 3, result.stderr
-    (line,) = result.stderr.splitlines()
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    line = result.stderr.strip()
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
     assert line.startswith(f"feedline serve: cannot use the database {shown}: {says}")

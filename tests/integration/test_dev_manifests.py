@@ -16,7 +16,7 @@ from tests.support.services import FEEDLINE
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
-SCHEMA = schema.load_crd_schema(schema.find_crd() or Path("missing"))
+SCHEMA = schema.shipped_schema()
 
 
 @pytest.fixture
@@ -104,16 +104,20 @@ def test_duplicate_names_are_refused(folder: Path) -> None:
         load_folder(folder, SCHEMA)
 
 
-def test_the_command_exits_2_naming_the_file_and_the_field(folder: Path) -> None:
-    path = _manifest(folder)
-    path.write_text(path.read_text().replace("mode: CronJob", "mode: Sometimes"))
-    result = subprocess.run(
+def run_dev_once(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [FEEDLINE, "dev", str(folder), "--once"],
         check=False,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_the_command_exits_2_naming_the_file_and_the_field(folder: Path) -> None:
+    path = _manifest(folder)
+    path.write_text(path.read_text().replace("mode: CronJob", "mode: Sometimes"))
+    result = run_dev_once(folder)
     assert result.returncode == 2, result
     assert str(path) in result.stderr
     assert 'spec.mode: Unsupported value: "Sometimes": supported values: "CronJob", "Follow"' in (
@@ -131,13 +135,7 @@ def test_feedline_variables_in_subscriber_env_exit_2(folder: Path, name: str) ->
         + "  subscriber:\n    env:\n      - {name: LOG_LEVEL, value: debug}\n"
         + f"      - {{name: {name}, value: after-fetch@1}}\n"
     )
-    result = subprocess.run(
-        [FEEDLINE, "dev", str(folder), "--once"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_dev_once(folder)
     assert result.returncode == 2, result
     assert str(path) in result.stderr
     assert (

@@ -38,6 +38,7 @@ from feedline_contracts.database import (
     DATABASE_URL_SETTING,
     Database,
     connect_database,
+    missing_sqlite_folder,
     redacted,
     unavailable,
 )
@@ -109,6 +110,8 @@ async def prepare_database(definition: ServiceDefinition, database: Database, ur
 async def check_database(definition: ServiceDefinition, settings: ServiceSettings) -> None:
     """Before serving: the same start-up work on the database, so a failure is one line."""
     url = settings.database_url_for(definition.name)
+    if (missing := missing_sqlite_folder(url)) is not None:
+        raise ServiceDatabaseError(str(missing))
     database = connect_database(url)
     try:
         await prepare_database(definition, database, url)
