@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from sqlalchemy import BigInteger, Column, MetaData, Table, Text, delete, insert
 
+from feedline.services.loyalty_program.projection import project_special_offers
 from feedline.services.loyalty_program.read_model import special_offers
 from feedline_subscriber.projection import Event, ProjectionContext, projection
-from feedline.services.loyalty_program.projection import project_special_offers
 
 test_metadata = MetaData()
 applied = Table(

@@ -14,12 +14,12 @@ import httpx
 import orjson
 import pytest
 
-from feedline_contracts.database import DatabaseUnavailableError
-from feedline_subscriber.feed_client import Event, FeedProtocolError, parse_page
 from feedline.services.loyalty_program.projection import (
     InvalidSpecialOfferEventError,
     fold_special_offer_events,
 )
+from feedline_contracts.database import DatabaseUnavailableError
+from feedline_subscriber.feed_client import Event, FeedProtocolError, parse_page
 from feedline_subscriber.projections.upsert import InvalidDocumentEventError, fold_documents
 from feedline_subscriber.read_model import backoff_seconds, connect_with_retries
 from feedline_subscriber.runner import SubscriberRun, run_subscription
