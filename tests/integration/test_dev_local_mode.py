@@ -247,7 +247,9 @@ def test_once_reports_a_failed_run_and_exits_1(tmp_path: Path) -> None:
     folder = _copy_example(tmp_path)
     manifest = folder / f"{SUBSCRIPTION}.yaml"
     manifest.write_text(
-        manifest.read_text().replace("loyalty_program.projection:project_special_offers", "nope:missing")
+        manifest.read_text().replace(
+            "loyalty_program.projection:project_special_offers", "nope:missing"
+        )
     )
     result = subprocess.run(
         [
