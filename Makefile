@@ -25,6 +25,13 @@ lint: install ## ruff (lint + format check), mypy --strict, and the import layer
 	$(VENV)/bin/mypy contracts services cronjobs operator tests bench
 	$(VENV)/bin/lint-imports
 
+CRD_FILES := charts/feedline-operator/crds/eventsubscriptions.feedline.dev.yaml \
+	contracts/feedline_contracts/eventsubscription/crd.yaml
+
+.PHONY: crd
+crd: install ## Generate the EventSubscription CRD (chart + package copy) from its model
+	$(PY) -m feedline_contracts.eventsubscription.crd $(CRD_FILES)
+
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

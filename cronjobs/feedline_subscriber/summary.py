@@ -3,13 +3,14 @@
 The operator reads it from the pod's termination message (CronJob mode) or
 from the status port (Follow mode) and copies it into the EventSubscription's
 status. Kubernetes keeps at most 4096 bytes of a termination message, so the
-message field is shortened to fit.
+message field is shortened to fit. :class:`RunState` is what a run has done
+so far; the summary is made from it.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,6 +71,37 @@ class Summary:
         message = self.message.encode()[: max(len(self.message.encode()) - excess, 0)]
         shortened = replace(self, message=message.decode(errors="ignore") + "...")
         return orjson.dumps(shortened.to_dict())[:limit]
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; its summary is made from it at any moment."""
+
+    subscription: str
+    start_time: str = field(default_factory=utc_now)
+    position: int | None = None
+    head: int | None = None
+    processed: int = 0
+    dead_lettered: int = 0
+    message: str = ""
+
+    def summary(self, outcome: Outcome, *, finished: bool = True) -> Summary:
+        return Summary(
+            subscription=self.subscription,
+            position=self.position,
+            head=self.head,
+            processed=self.processed,
+            deadLettered=self.dead_lettered,
+            outcome=outcome,
+            message=self.message,
+            startTime=self.start_time,
+            completionTime=utc_now() if finished else None,
+        )
+
+    def progress_outcome(self) -> Outcome:
+        if self.position is not None and self.head is not None and self.position >= self.head:
+            return Outcome.CAUGHT_UP
+        return Outcome.PROGRESSED
 
 
 def write_summary(summary: Summary, termination_log: Path, *, explicit: bool) -> None:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedline_contracts import subscriber_env as env_names
+from feedline_contracts.eventsubscription import EventSubscription, Quantities
 from feedline_contracts.follower import HEALTH_PATH
 from feedline_operator import names
-from feedline_operator.spec import EventSubscription, Quantities
 
 Manifest = dict[str, Any]
 
@@ -124,6 +124,7 @@ def subscriber_env(sub: EventSubscription) -> list[Manifest]:
     """
     spec = sub.spec
     follow = spec.mode == "Follow"
+    replay = spec.replay
     plain: list[tuple[str, str | None]] = [
         (env_names.SUBSCRIPTION, sub.name),
         (env_names.FEED_URL, spec.feed.url),
@@ -146,11 +147,11 @@ def subscriber_env(sub: EventSubscription) -> list[Manifest]:
         (env_names.ON_POISON_EVENT, spec.on_poison_event),
         (env_names.RETRY_MAX_ATTEMPTS, str(spec.retry.max_attempts)),
         (env_names.RETRY_BACKOFF_SECONDS, str(spec.retry.backoff_seconds)),
-        (env_names.REPLAY_TOKEN, spec.replay.token),
+        (env_names.REPLAY_TOKEN, replay.token if replay else None),
         (
             env_names.REPLAY_FROM_SEQUENCE,
             # The subscriber counts from the first event to read again (>= 1).
-            str(max(spec.replay.from_sequence, 1)) if spec.replay.token else None,
+            str(max(replay.from_sequence, 1)) if replay and replay.token else None,
         ),
         (env_names.FOLLOW, "true" if follow else None),
         (env_names.STATUS_PORT, str(names.STATUS_PORT) if follow else None),
@@ -168,7 +169,7 @@ def subscriber_env(sub: EventSubscription) -> list[Manifest]:
             "valueFrom": {"secretKeyRef": {"name": dsn.name, "key": dsn.key}},
         },
     )
-    env.extend({"name": e.name, "value": e.value} for e in spec.subscriber.env)
+    env.extend({"name": e.name, "value": e.value or ""} for e in spec.subscriber.env)
     return env
 
 

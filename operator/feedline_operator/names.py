@@ -5,12 +5,14 @@ from typing import Final
 
 from feedline_contracts import auth, follower, summary
 from feedline_contracts import subscriber_env as environment
+from feedline_contracts.eventsubscription import model as api
 
-GROUP: Final = "feedline.dev"
-VERSION: Final = "v1alpha1"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
-KIND: Final = "EventSubscription"
-PLURAL: Final = "eventsubscriptions"
+# The API's names (the CRD is generated from the same constants).
+GROUP: Final = api.GROUP
+VERSION: Final = api.VERSION
+API_VERSION: Final = api.API_VERSION
+KIND: Final = api.KIND
+PLURAL: Final = api.PLURAL
 
 # Every child carries these; the operator watches its children through them.
 MANAGED_BY: Final = "feedline-operator"

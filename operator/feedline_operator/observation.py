@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import kopf
 
+from feedline_contracts.eventsubscription import EventSubscription
 from feedline_contracts.follower import STATUS_PORT, SUMMARY_PATH
 from feedline_contracts.summary import OUTCOMES, STALLED_OUTCOMES
 from feedline_operator import names, status
 from feedline_operator.kube import Kube, collection_path, object_path
 from feedline_operator.reporting import Logger, as_body
-from feedline_operator.spec import EventSubscription
 from feedline_operator.status_writes import record_run
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from typing import Any
 import kopf
 import pydantic
 
+from feedline_contracts.eventsubscription import EventSubscription, SecretKeyRef
 from feedline_operator import builders, metrics, names
 from feedline_operator.compare import differences
 from feedline_operator.kube import ApiError, Kube, object_path
 from feedline_operator.reporting import Logger, as_body
-from feedline_operator.spec import EventSubscription, SecretKeyRef
 from feedline_operator.status_writes import write_ready
 
 log = logging.getLogger(__name__)

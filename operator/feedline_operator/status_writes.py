@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from feedline_contracts.eventsubscription import EventSubscription
 from feedline_operator import metrics, names, status
 from feedline_operator.kube import ApiError, Kube, object_path
-from feedline_operator.spec import EventSubscription
 
 _ATTEMPTS = 5
 

@@ -182,7 +182,7 @@ def dev(
         str | None,
         typer.Option(
             help="the EventSubscription CRD to validate against",
-            show_default="charts/feedline-operator/crds/eventsubscriptions.feedline.dev.yaml",
+            show_default="the CRD shipped in the feedline package",
         ),
     ] = None,
 ) -> None:

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from kubernetes import client
 
+from feedline_contracts.eventsubscription import EventSubscription
 from feedline_operator import builders
-from feedline_operator.spec import EventSubscription
 from tests.cluster.test_operator import (  # the operator fixtures, shared
     condition,
     create,

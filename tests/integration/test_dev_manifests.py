@@ -16,7 +16,7 @@ from tests.support.services import FEEDLINE
 pytestmark = pytest.mark.integration
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local"
-SCHEMA = schema.load_crd_schema(schema.find_crd() or Path("missing"))
+SCHEMA = schema.shipped_schema()
 
 
 @pytest.fixture

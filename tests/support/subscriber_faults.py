@@ -3,9 +3,10 @@
 None of this ships. The crash tests start the subscriber with
 ``tests/support/crash_site`` first on its ``PYTHONPATH`` (see :func:`crash_env`);
 that folder's ``sitecustomize`` calls :func:`install_from_environment`, which
-wraps methods the runner calls for its own reasons (``SubscriberRun._next_page``
-and ``_apply``, ``Projection.__call__``, ``CheckpointStore.advance``), listens to
-SQLAlchemy's statements, and wraps the drivers' commit (asyncpg, aiosqlite).
+wraps methods the subscriber calls for its own reasons (``PageStream._next_page``,
+``BatchApplier.apply``, ``Projection.__call__``, ``CheckpointStore.advance``),
+listens to SQLAlchemy's statements, and wraps the drivers' commit (asyncpg,
+aiosqlite).
 
 ``SUBSCRIBER_CRASH_PLAN=POINT@BATCH[:DELAY_MS]`` picks the point and the batch
 (batches count the pages this process takes from the feed, from 1). Just
@@ -14,7 +15,8 @@ named by ``SUBSCRIBER_CRASH_RECORD`` (``point``, ``batch``, the checkpoint
 before the batch ``old`` and the batch's end ``end``, and what the point could
 see). Points, in the order a batch passes them:
 
-- ``after-fetch``: ``_next_page`` returned the batch's page; no transaction yet.
+- ``after-fetch``: ``PageStream._next_page`` returned the batch's page; no
+  transaction yet.
 - ``during-write``: in the batch's transaction, inside the projection, right
   after its first statement that writes rows (INSERT or UPDATE through
   SQLAlchemy); ``rows`` is how many of the batch's rows the open transaction
@@ -26,7 +28,7 @@ see). Points, in the order a batch passes them:
   loop stands still for DELAY_MS, so the answer is never read
   (``answerRead`` false), and the process dies. PostgreSQL or SQLite's thread
   may or may not have committed: the test reads the checkpoint back to learn it.
-- ``after-commit``: ``_apply`` returned: the batch is committed.
+- ``after-commit``: ``BatchApplier.apply`` returned: the batch is committed.
 """
 
 from __future__ import annotations
@@ -145,43 +147,38 @@ def _patch(owner: Any, name: str, replacement: Any) -> None:
 
 
 def install(plan: FaultPlan, record: Path) -> None:
-    """Wrap the runner's own steps so that the process dies at ``plan``."""
+    """Wrap the subscriber's own steps so that the process dies at ``plan``."""
     import aiosqlite
     import asyncpg.transaction
     from sqlalchemy import event, select
     from sqlalchemy.engine import Engine
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from feedline_subscriber.batch_applier import BatchApplier
     from feedline_subscriber.checkpoint import CheckpointStore, checkpoints
     from feedline_subscriber.feed_client import Event, Page
+    from feedline_subscriber.page_stream import PageStream
     from feedline_subscriber.projection import Projection, ProjectionContext
-    from feedline_subscriber.runner import SubscriberRun
 
     faults = _Faults(plan, record)
 
-    next_page = SubscriberRun._next_page
+    next_page = PageStream._next_page
 
-    async def _next_page(self: SubscriberRun, fetch: asyncio.Task[Page]) -> Page | None:
+    async def _next_page(self: PageStream, fetch: asyncio.Task[Page]) -> Page | None:
         page = await next_page(self, fetch)
         if page is not None:
             faults.batch += 1
-            faults.old, faults.end = self.state.position, page.next_start - 1
+            faults.old, faults.end = self.position, page.next_start - 1
             faults.phase = "fetched"
             if faults.due("after-fetch"):
                 faults.kill()
         return page
 
-    apply = SubscriberRun._apply
+    apply = BatchApplier.apply
 
-    async def _apply(
-        self: SubscriberRun,
-        connection: AsyncConnection,
-        events: Sequence[Event],
-        old: int,
-        new: int,
-    ) -> None:
+    async def _apply(self: BatchApplier, events: Sequence[Event], old: int, new: int) -> None:
         faults.old, faults.end, faults.phase = old, new, "writing"
-        await apply(self, connection, events, old, new)
+        await apply(self, events, old, new)
         faults.phase = "committed"
         if faults.due("after-commit"):
             faults.kill()
@@ -244,8 +241,8 @@ def install(plan: FaultPlan, record: Path) -> None:
             await faults.kill_during_commit(aiosqlite_commit(self), lambda: None)
         await aiosqlite_commit(self)
 
-    _patch(SubscriberRun, "_next_page", _next_page)
-    _patch(SubscriberRun, "_apply", _apply)
+    _patch(PageStream, "_next_page", _next_page)
+    _patch(BatchApplier, "apply", _apply)
     _patch(Projection, "__call__", _project)
     _patch(CheckpointStore, "advance", _advance)
     _patch(asyncpg.transaction.Transaction, "commit", _asyncpg_commit)

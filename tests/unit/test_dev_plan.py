@@ -15,8 +15,8 @@ from feedline.dev.schedule import next_run
 from feedline.dev.status import SubscriptionStatus, render_table
 from feedline.dev.supervisor import base_environment
 from feedline_contracts import subscriber_env as env
+from feedline_contracts.eventsubscription import EventSubscription
 from feedline_operator import builders
-from feedline_operator.spec import EventSubscription
 
 pytestmark = pytest.mark.unit
 

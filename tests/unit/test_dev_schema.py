@@ -1,4 +1,9 @@
-"""`feedline dev` checks manifests against the CRD's rules, as the API server would."""
+"""`feedline dev` checks manifests against the CRD's rules, as the API server would.
+
+The invalid manifests both tiers refuse are tests/data/eventsubscriptions/invalid
+(tests/unit/test_eventsubscription_cases.py here, tests/cluster/test_operator_validation.py
+against a real kube-apiserver).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ import pytest
 
 from feedline.dev import schema
 from feedline.dev.manifests import ManifestError, Source, parse_secret, parse_subscription
-from feedline_operator.builders import RENDERED_ENV
-from feedline_operator.spec import RESERVED_ENV_MESSAGE
+from feedline_contracts.eventsubscription import RESERVED_ENV_MESSAGE
+from feedline_contracts.eventsubscription import crd as crd_file
+from tests.support.operator_fixtures import CRD_PATH
 
 pytestmark = pytest.mark.unit
 
-SCHEMA = schema.load_crd_schema(schema.find_crd() or Path("missing"))
+SCHEMA = schema.shipped_schema()
 SOURCE = Source(Path("subs/loyalty.yaml"))
 
 VALID: dict[str, Any] = {
@@ -51,9 +57,13 @@ def _problems(body: dict[str, Any]) -> list[str]:
     return [str(p) for p in schema.validate(schema.apply_defaults(body, SCHEMA), SCHEMA)]
 
 
-def test_the_crd_is_found_and_every_rule_is_understood() -> None:
-    assert schema.find_crd() is not None
-    assert schema.unchecked_rules(SCHEMA) == []
+def test_the_shipped_crd_is_the_charts_and_every_rule_compiles() -> None:
+    assert schema.load_crd_schema(CRD_PATH) == SCHEMA
+    assert crd_file.openapi_schema(crd_file.build()) == SCHEMA
+    rules = schema.rules_of(SCHEMA)
+    assert len(rules) >= 10
+    for _path, expression in rules:
+        schema.compile_rule(expression)  # CELParseError if celpy cannot read it
 
 
 def test_a_valid_subscription_passes_and_gets_the_crd_defaults() -> None:
@@ -65,66 +75,55 @@ def test_a_valid_subscription_passes_and_gets_the_crd_defaults() -> None:
     assert defaulted["spec"]["feed"]["auth"] == {"type": "None"}
 
 
+def test_problems_read_like_the_api_servers() -> None:
+    """Field path, reason and message in the API server's words (as `kubectl apply` prints)."""
+    assert _problems(_with(spec__schedule=None)) == [
+        "spec.schedule: Required value: schedule is required when mode is CronJob"
+    ]
+    assert _problems(_with(spec__batchSize=0)) == [
+        "spec.batchSize: Invalid value: 0: batchSize must be between 1 and 10000 "
+        "(the feed's largest page)"
+    ]
+    assert _problems(_with(spec__feed__waitSeconds=31)) == [
+        "spec.feed.waitSeconds: Invalid value: 31: spec.feed.waitSeconds in body should be "
+        "less than or equal to 30"
+    ]
+    assert _problems(_with(metadata__name="x" * 53)) == [
+        "<root>: Invalid value: metadata.name must be at most 52 characters (it names the CronJob)"
+    ]
+    assert _problems(_with(spec__scheduel="* * * * *")) == [
+        'spec.scheduel: Unknown field: unknown field "spec.scheduel"'
+    ]
+
+
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    ("url", "scheme", "hostname", "port"),
     [
-        (_with(spec__schedule=None), "spec.schedule: Required value: schedule is required"),
-        (_with(spec__mode="Follow"), "spec.schedule: Forbidden: schedule is forbidden"),
-        (
-            _with(spec__mode="Follow", spec__schedule=None, spec__timeZone="Europe/Oslo"),
-            "spec.timeZone: Forbidden",
-        ),
-        (_with(spec__schedule="61 * * * *"), "spec.schedule: Invalid value: schedule must be"),
-        (_with(spec__schedule="every minute"), "spec.schedule: Invalid value"),
-        (_with(spec__mode="Sometimes"), 'spec.mode: Unsupported value: "Sometimes"'),
-        (_with(spec__batchSize=0), "spec.batchSize: Invalid value: batchSize must be between"),
-        (_with(spec__batchSize="ten"), "spec.batchSize: Invalid type"),
-        (
-            _with(spec__batchSize=100, spec__maxEventsPerRun=10),
-            "spec.maxEventsPerRun: Invalid value: maxEventsPerRun must be at least batchSize",
-        ),
-        (_with(spec__startPosition="Middle"), "spec.startPosition: Invalid value"),
-        (_with(spec__feed__url="special-offers/events"), "spec.feed.url: Invalid value"),
-        (_with(spec__feed__url="ftp://x/events"), "spec.feed.url: Invalid value"),
-        (_with(spec__feed__eventTypes=["A", "A"]), "spec.feed.eventTypes[1]: Duplicate value"),
-        (_with(spec__feed__auth={"type": "Token"}), "spec.feed.auth.secretRef: Required value"),
-        (
-            _with(spec__feed__auth={"type": "None", "secretRef": {"name": "a", "key": "b"}}),
-            "spec.feed.auth.secretRef: Forbidden",
-        ),
-        (_with(spec__readModel__projection="no-colon"), "spec.readModel.projection: Invalid"),
-        (_with(spec__readModel=None), "spec.readModel: Required value"),
-        (
-            _with(spec__readModel__databaseSecretRef={"name": "x"}),
-            "spec.readModel.databaseSecretRef.key: Required value",
-        ),
-        (_with(spec__scheduel="* * * * *"), 'spec.scheduel: Unknown field: unknown field "sc'),
-        (_with(spec__retry={"maxAttempts": 0}), "spec.retry.maxAttempts: Invalid value"),
-        (_with(spec__replay={"token": "a", "fromSequence": -1}), "spec.replay.fromSequence"),
-        (
-            _with(spec__subscriber={"env": [{"name": RENDERED_ENV[0], "value": "x"}]}),
-            f"spec.subscriber.env[0].name: Forbidden: {RESERVED_ENV_MESSAGE}",
-        ),
-        (
-            _with(spec__subscriber={"env": [{"name": "FEEDLINE_SUBSCRIBER_FAULT", "value": "x"}]}),
-            f"spec.subscriber.env[0].name: Forbidden: {RESERVED_ENV_MESSAGE}",
-        ),
-        (
-            _with(
-                spec__subscriber={
-                    "env": [{"name": "LOG_LEVEL", "value": "debug"}, {"name": "FEEDLINE_ANYTHING"}]
-                }
-            ),
-            "spec.subscriber.env[1].name: Forbidden: spec.subscriber.env may not set FEEDLINE_*",
-        ),
-        (_with(spec__feed__waitSeconds=31), "spec.feed.waitSeconds: Invalid value: 31: must be <="),
-        (_with(spec__feed__retryAttempts=-1), "spec.feed.retryAttempts: Invalid value"),
-        (_with(metadata__name="x" * 53), "metadata.name: Invalid value: metadata.name must be"),
+        ("http://special-offers/events", "http", "special-offers", ""),
+        ("https://user@feeds.example:8443/e?x=1#f", "https", "feeds.example", "8443"),
+        ("http://[::1]:80/events", "http", "::1", "80"),
+        ("/events", "", "", ""),  # an absolute path is a request URI too
+        ("mailto:ops@example.org", "mailto", "", ""),
     ],
 )
-def test_invalid_subscriptions_name_the_field(body: dict[str, Any], expected: str) -> None:
-    problems = _problems(body)
-    assert any(p.startswith(expected) for p in problems), problems
+def test_the_kubernetes_url_functions(url: str, scheme: str, hostname: str, port: str) -> None:
+    parsed = schema.parse_request_uri(url)
+    assert parsed is not None
+    assert (parsed.parts.scheme, parsed.hostname, parsed.port) == (scheme, hostname, port)
+    assert schema.evaluate_rule(
+        f"isURL(self) && url(self).getScheme() == '{scheme}' "
+        f"&& url(self).getHostname() == '{hostname}' && url(self).getPort() == '{port}'",
+        url,
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["", "special-offers/events", "1http://x/", "http://a b/", "http://x:port/", "a\x01"]
+)
+def test_what_is_not_a_url(text: str) -> None:
+    assert schema.parse_request_uri(text) is None
+    assert schema.evaluate_rule("isURL(self)", text) is False
+    assert schema.evaluate_rule("url(self).getScheme() == 'http'", text) is not True
 
 
 @pytest.mark.parametrize(
@@ -143,19 +142,18 @@ def test_parse_subscription_errors_name_file_object_and_field() -> None:
     )
 
 
-def test_parse_subscription_without_a_crd_still_uses_the_typed_model() -> None:
-    with pytest.raises(ManifestError, match=r"spec\.mode"):
-        parse_subscription(_with(spec__mode="Sometimes"), SOURCE, None)
-    loaded = parse_subscription(VALID, SOURCE, None)
+def test_parse_subscription_checks_against_the_shipped_crd_by_default() -> None:
+    with pytest.raises(ManifestError, match=r"spec\.mode: Unsupported value"):
+        parse_subscription(_with(spec__mode="Sometimes"), SOURCE)
+    loaded = parse_subscription(VALID, SOURCE)
     assert loaded.subscription.spec.batch_size == 1000
 
 
-def test_feedline_variables_are_refused_even_without_the_crd() -> None:
+def test_feedline_variables_are_refused_by_default() -> None:
     body = _with(spec__subscriber={"env": [{"name": "FEEDLINE_SUBSCRIBER_FAULT", "value": "x"}]})
     with pytest.raises(ManifestError) as caught:
-        parse_subscription(body, SOURCE, None)
-    assert "spec.subscriber.env.0.name" in str(caught.value)
-    assert RESERVED_ENV_MESSAGE in str(caught.value)
+        parse_subscription(body, SOURCE)
+    assert f"spec.subscriber.env[0].name: Forbidden: {RESERVED_ENV_MESSAGE}" in str(caught.value)
 
 
 def test_extra_variables_and_the_feed_settings_that_replace_feedline_ones_are_accepted() -> None:

@@ -9,9 +9,9 @@ import pytest
 from feedline_contracts import subscriber_env as env_names
 from feedline_contracts import subscriber_env as environment
 from feedline_contracts.auth import TOKEN_AUDIENCE
+from feedline_contracts.eventsubscription import EventSubscription
 from feedline_operator import builders, names
 from feedline_operator.builders import ChildDefaults
-from feedline_operator.spec import EventSubscription
 from tests.support.operator_fixtures import assert_golden, sample
 
 pytestmark = pytest.mark.unit

@@ -19,7 +19,9 @@ from feedline.services.loyalty_program.projection import (
     fold_special_offer_events,
 )
 from feedline_contracts.database import DatabaseUnavailableError
+from feedline_subscriber.batch_applier import BatchApplier, PoisonEventHaltError
 from feedline_subscriber.feed_client import Event, FeedProtocolError, parse_page
+from feedline_subscriber.page_stream import PageStream
 from feedline_subscriber.projections.upsert import InvalidDocumentEventError, fold_documents
 from feedline_subscriber.read_model import backoff_seconds, connect_with_retries
 from feedline_subscriber.runner import SubscriberRun, run_subscription
@@ -165,6 +167,17 @@ def test_the_summary_line_and_its_termination_message_limit() -> None:
     assert Summary(**{**vars(summary), "outcome": Outcome.HALTED}).exit_code == 3
 
 
+def test_the_halt_error_carries_the_poison_event() -> None:
+    error = PoisonEventHaltError(7, "SpecialOfferCreated", 3, "ValueError: bad offer")
+    assert error.sequence_number == 7
+    assert (error.event_name, error.attempts) == ("SpecialOfferCreated", 3)
+    assert error.position == 6  # where the checkpoint stays
+    assert str(error) == (
+        "halted at event 7 (SpecialOfferCreated) after 3 attempts: ValueError: bad offer; "
+        "the position stays at 6"
+    )
+
+
 def test_fault_plans_of_the_crash_tests() -> None:
     plan = parse_fault_plan("during-commit@3:1.5")
     assert (plan.point, plan.batch, plan.delay_ms) == ("during-commit", 3, 1.5)
@@ -177,7 +190,8 @@ def test_no_fault_injection_ships() -> None:
     parameter, variable or hook of it is in the shipped packages."""
     assert importlib.util.find_spec("feedline_subscriber.faults") is None
     assert "fault" not in inspect.signature(run_subscription).parameters
-    assert "fault" not in inspect.signature(SubscriberRun).parameters
+    for shipped_class in (SubscriberRun, PageStream, BatchApplier):
+        assert "fault" not in inspect.signature(shipped_class).parameters
     repo = Path(__file__).resolve().parents[2]
     shipped = [repo / folder for folder in ("contracts", "services", "cronjobs", "operator")]
     mention = re.compile(r"(?<!de)fault|sitecustomize", re.IGNORECASE)

@@ -58,15 +58,8 @@ def feedline_executable() -> str:
 def load(options: DevOptions, warn: Console) -> tuple[Folder, Layout]:
     """The folder's manifests, checked (ManifestError on a bad one), and the layout."""
     directory = options.directory.resolve()
-    crd_path = options.crd or schema.find_crd()
-    crd_schema: schema.Schema | None = None
-    if crd_path is not None:
-        crd_schema = schema.load_crd_schema(crd_path)
-    else:
-        warn.print(
-            "feedline dev: the EventSubscription CRD was not found (pass --crd PATH); "
-            "manifests are checked by the typed model only"
-        )
+    # The CRD shipped inside the package (the chart's, generated from the same model).
+    crd_schema = schema.load_crd_schema(options.crd) if options.crd else schema.shipped_schema()
     folder = load_folder(directory, crd_schema)
     state_dir = (options.state_dir or plan.default_state_dir(directory)).resolve()
     layout = Layout(directory, state_dir, options.host, options.port_offset)

@@ -4,7 +4,8 @@ Every ``*.yaml``/``*.yml`` file directly in the folder is read (the state
 directory and subfolders are not); a file may hold several documents. By kind:
 
 - ``feedline.dev/v1alpha1`` ``EventSubscription``: checked against the CRD
-  (``schema``), then read into the operator's typed model;
+  shipped in the package (``schema``: its defaults, structural schema and CEL
+  rules), then read into the API's typed model;
 - ``v1`` ``Secret``: ``data`` (base64) and ``stringData``, as ``kubectl apply``
   takes them; the subscriptions' ``secretKeyRef``\\s resolve against these;
 - any other kind (a Deployment, a ConfigMap...) is ignored and listed.
@@ -26,9 +27,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from feedline.dev.schema import Problem, Schema, apply_defaults, validate
-from feedline_operator import names
-from feedline_operator.spec import EventSubscription
+from feedline.dev.schema import Problem, Schema, apply_defaults, shipped_schema, validate
+from feedline_contracts.eventsubscription import API_VERSION, KIND, EventSubscription
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -126,18 +126,22 @@ def _name_problems(doc: dict[str, Any]) -> list[Problem]:
 
 
 def parse_subscription(
-    doc: dict[str, Any], source: Source, schema: Schema | None
+    doc: dict[str, Any], source: Source, schema: Schema | None = None
 ) -> LoadedSubscription:
-    """Check one EventSubscription like the API server would, then read it."""
+    """Check one EventSubscription like the API server would, then read it.
+
+    ``schema``: the CRD's openAPIV3Schema; by default the one shipped in the package.
+    """
+    if schema is None:
+        schema = shipped_schema()
     subject = _subject(doc)
     problems = _name_problems(doc)
     if problems:
         raise ManifestError(source, subject, problems)
-    if schema is not None:
-        doc = apply_defaults(doc, schema)
-        problems = validate(doc, schema)
-        if problems:
-            raise ManifestError(source, subject, problems)
+    doc = apply_defaults(doc, schema)
+    problems = validate(doc, schema)
+    if problems:
+        raise ManifestError(source, subject, problems)
     try:
         subscription = EventSubscription.from_body(doc)
     except ValidationError as exc:
@@ -250,7 +254,7 @@ def _check_references(folder: Folder) -> None:
             )
 
 
-def load_folder(directory: Path, schema: Schema | None) -> Folder:
+def load_folder(directory: Path, schema: Schema | None = None) -> Folder:
     """Read and check every manifest of ``directory``; raise ManifestError on the first bad one."""
     subscriptions: list[LoadedSubscription] = []
     secrets: dict[tuple[str, str], Secret] = {}
@@ -268,17 +272,16 @@ def load_folder(directory: Path, schema: Schema | None) -> Folder:
             ]
             if missing:
                 raise ManifestError(source, _subject(doc), missing)
-            if kind == names.KIND or api_version == names.API_VERSION:
-                if (api_version, kind) != (names.API_VERSION, names.KIND):
+            if kind == KIND or api_version == API_VERSION:
+                if (api_version, kind) != (API_VERSION, KIND):
                     raise ManifestError(
                         source,
                         _subject(doc),
                         [
                             Problem(
-                                "apiVersion" if kind == names.KIND else "kind",
+                                "apiVersion" if kind == KIND else "kind",
                                 "FieldValueNotSupported",
-                                f'"{api_version}/{kind}": feedline dev reads '
-                                f"{names.API_VERSION} {names.KIND}",
+                                f'"{api_version}/{kind}": feedline dev reads {API_VERSION} {KIND}',
                             )
                         ],
                     )

@@ -1,17 +1,19 @@
 """The EventSubscription CRD's rules, checked locally (no API server in `feedline dev`).
 
-The schema is loaded from the CRD file itself
-(charts/feedline-operator/crds/eventsubscriptions.feedline.dev.yaml), so local
-mode refuses what the API server refuses, with the same field paths:
+The schema is the CRD shipped inside the feedline package
+(``feedline_contracts.eventsubscription``, ``crd.yaml``, generated from the
+model by ``make crd``: the same file the chart installs), so local mode, from
+a source tree or in the image, refuses what the API server refuses, with the
+same field paths:
 
 1. defaults are applied (like the API server, before validation);
 2. the structural schema: ``type``, ``required``, ``properties`` (an unknown
    field is an error, as with ``kubectl --validate=strict``), ``enum``,
    ``minLength``/``maxLength``, ``pattern``, ``minimum``/``maximum``,
    ``maxItems``, list types ``set`` and ``map``, int-or-string;
-3. the CEL rules (``x-kubernetes-validations``) of the shapes the CRD uses,
-   recognised by pattern and evaluated in Python. ``unchecked_rules`` lists any
-   rule this module does not understand (a unit test keeps it empty).
+3. the CEL rules (``x-kubernetes-validations``) themselves, evaluated by a
+   real CEL implementation (cel-python, ``celpy``) with the Kubernetes CEL
+   library functions the rules use (``isURL``, ``url``, and the URL getters).
 
 Everything here is pure: dicts in, problems out.
 """
@@ -19,16 +21,22 @@ Everything here is pure: dicts in, problems out.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
+from celpy import Environment, Runner, celtypes
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
-CRD_RELATIVE_PATH = Path("charts/feedline-operator/crds/eventsubscriptions.feedline.dev.yaml")
+from feedline_contracts.eventsubscription import crd as crd_file
 
 Schema = dict[str, Any]
 
@@ -38,7 +46,7 @@ _REASONS = {
     "FieldValueInvalid": "Invalid value",
     "FieldValueDuplicate": "Duplicate value",
     "FieldValueNotSupported": "Unsupported value",
-    "FieldValueTypeInvalid": "Invalid type",
+    "FieldValueTypeInvalid": "Invalid value",
     "FieldValueTooLong": "Too long",
     "FieldValueTooMany": "Too many",
     "FieldValueUnknown": "Unknown field",
@@ -58,23 +66,15 @@ class Problem:
         return f"{self.path or '<root>'}: {_REASONS.get(self.reason, self.reason)}: {self.message}"
 
 
-def find_crd(start: Path | None = None) -> Path | None:
-    """The CRD file of the source tree this package runs from (editable install)."""
-    here = (start or Path(__file__)).resolve()
-    for parent in here.parents:
-        candidate = parent / CRD_RELATIVE_PATH
-        if candidate.is_file():
-            return candidate
-    return None
+@functools.cache
+def shipped_schema() -> Schema:
+    """The openAPIV3Schema of the CRD shipped inside the package (shared: do not mutate)."""
+    return crd_file.openapi_schema(crd_file.shipped())
 
 
 def load_crd_schema(path: Path) -> Schema:
-    """The openAPIV3Schema of the served version."""
-    crd = yaml.safe_load(path.read_text())
-    versions = crd["spec"]["versions"]
-    served = next(v for v in versions if v.get("served", True))
-    schema: Schema = served["schema"]["openAPIV3Schema"]
-    return schema
+    """The openAPIV3Schema of another CRD file (``feedline dev --crd PATH``)."""
+    return crd_file.openapi_schema(yaml.safe_load(path.read_text()))
 
 
 # --- defaulting --------------------------------------------------------------------
@@ -119,6 +119,11 @@ def _type_ok(value: Any, kind: str) -> bool:
     return check is None or check(value)
 
 
+def _shown(value: Any) -> str:
+    """A value in a message, as the API server shows it (JSON: strings quoted)."""
+    return json.dumps(value, separators=(",", ":"), default=str)[:120]
+
+
 def _type_name(value: Any) -> str:
     for name, kind in (
         ("boolean", bool),
@@ -137,35 +142,51 @@ def validate(value: Any, schema: Schema, path: str = "") -> list[Problem]:
     """Every violation of ``schema`` (already defaulted ``value``), structural then CEL."""
     problems = list(_structural(value, schema, path))
     if problems:
-        # Like the API server: CEL rules are only meaningful on a well-typed object.
+        # CEL rules are only meaningful on a well-typed object.
         return problems
     return list(_rules(value, schema, path))
 
 
+# The API server's words (kube-openapi's validation errors), so that a message
+# reads the same locally and from `kubectl apply`.
 def _structural(value: Any, schema: Schema, path: str) -> Iterator[Problem]:
     if schema.get("x-kubernetes-int-or-string"):
         if not _type_ok(value, "integer") and not isinstance(value, str):
-            yield Problem(path, "FieldValueTypeInvalid", "must be an integer or a string")
+            kind = _type_name(value)
+            yield Problem(
+                path,
+                "FieldValueTypeInvalid",
+                f'"{kind}": {path} in body must be of type integer or string: "{kind}"',
+            )
             return
     elif "type" in schema and not _type_ok(value, schema["type"]):
+        kind = _type_name(value)
         yield Problem(
             path,
             "FieldValueTypeInvalid",
-            f'must be of type {schema["type"]}, got {_type_name(value)} "{value!s:.60}"',
+            f'"{kind}": {path} in body must be of type {schema["type"]}: "{kind}"',
         )
         return
     if "enum" in schema and value not in schema["enum"]:
         accepted = ", ".join(f'"{v}"' for v in schema["enum"])
         yield Problem(
-            path, "FieldValueNotSupported", f'"{value!s:.60}": supported values: {accepted}'
+            path, "FieldValueNotSupported", f"{_shown(value)}: supported values: {accepted}"
         )
     if isinstance(value, str):
         yield from _string(value, schema, path)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            yield Problem(path, "FieldValueInvalid", f"{value}: must be >= {schema['minimum']}")
+            yield Problem(
+                path,
+                "FieldValueInvalid",
+                f"{value}: {path} in body should be greater than or equal to {schema['minimum']}",
+            )
         if "maximum" in schema and value > schema["maximum"]:
-            yield Problem(path, "FieldValueInvalid", f"{value}: must be <= {schema['maximum']}")
+            yield Problem(
+                path,
+                "FieldValueInvalid",
+                f"{value}: {path} in body should be less than or equal to {schema['maximum']}",
+            )
     elif isinstance(value, list):
         yield from _array(value, schema, path)
     elif isinstance(value, dict):
@@ -177,20 +198,24 @@ def _string(value: str, schema: Schema, path: str) -> Iterator[Problem]:
         yield Problem(
             path,
             "FieldValueInvalid",
-            f'"{value}": must be at least {schema["minLength"]} characters',
+            f"{_shown(value)}: {path} in body should be at least {schema['minLength']} chars long",
         )
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         yield Problem(
-            path, "FieldValueTooLong", f"may not be more than {schema['maxLength']} characters"
+            path, "FieldValueTooLong", f"may not be more than {schema['maxLength']} bytes"
         )
     pattern = schema.get("pattern")
     if pattern is not None and re.search(pattern, value) is None:
-        yield Problem(path, "FieldValueInvalid", f"\"{value:.60}\": should match '{pattern}'")
+        yield Problem(
+            path, "FieldValueInvalid", f"{_shown(value)}: {path} in body should match '{pattern}'"
+        )
 
 
 def _array(value: list[Any], schema: Schema, path: str) -> Iterator[Problem]:
     if "maxItems" in schema and len(value) > schema["maxItems"]:
-        yield Problem(path, "FieldValueTooMany", f"must have at most {schema['maxItems']} items")
+        yield Problem(
+            path, "FieldValueTooMany", f"{len(value)}: must have at most {schema['maxItems']} items"
+        )
     list_type = schema.get("x-kubernetes-list-type")
     seen: list[Any] = []
     for index, item in enumerate(value):
@@ -200,11 +225,11 @@ def _array(value: list[Any], schema: Schema, path: str) -> Iterator[Problem]:
         if list_type == "set":
             key: Any = item
         elif list_type == "map" and isinstance(item, dict):
-            key = tuple(item.get(k) for k in schema.get("x-kubernetes-list-map-keys", []))
+            key = {k: item.get(k) for k in schema.get("x-kubernetes-list-map-keys", [])}
         else:
             continue
         if key in seen:
-            yield Problem(item_path, "FieldValueDuplicate", f"{item!s:.60}")
+            yield Problem(item_path, "FieldValueDuplicate", _shown(key))
         seen.append(key)
 
 
@@ -217,124 +242,117 @@ def _object(value: dict[str, Any], schema: Schema, path: str) -> Iterator[Proble
         if key in properties:
             yield from _structural(item, properties[key], _join(path, key))
         elif properties:
-            yield Problem(_join(path, key), "FieldValueUnknown", f'unknown field "{key}"')
+            yield Problem(
+                _join(path, key), "FieldValueUnknown", f'unknown field "{_join(path, key)}"'
+            )
+
+
+# --- the Kubernetes CEL library (the functions the CRD's rules use) ----------------
+# As in k8s.io/apiserver/pkg/cel/library/urls.go: isURL and url() accept what Go's
+# url.ParseRequestURI accepts (an absolute URL, or an absolute path).
+
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_URL_HOST = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=%:\[\]-]*")
+
+
+@dataclass(frozen=True)
+class URL:
+    """A parsed URL (the Kubernetes CEL ``URL`` type)."""
+
+    parts: SplitResult
+
+    @property
+    def host(self) -> str:
+        return self.parts.netloc.rpartition("@")[2]
+
+    @property
+    def hostname(self) -> str:
+        host = self.host
+        if host.startswith("["):
+            return host[1 : host.find("]")] if "]" in host else host[1:]
+        return host.partition(":")[0]
+
+    @property
+    def port(self) -> str:
+        host = self.host
+        if host.startswith("["):
+            host = host[host.find("]") + 1 :] if "]" in host else ""
+        return host.rpartition(":")[2] if ":" in host else ""
+
+
+def parse_request_uri(text: str) -> URL | None:
+    """Like Go's ``url.ParseRequestURI``: None where it returns an error."""
+    if not text or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return None
+    if not text.startswith("/"):
+        scheme, colon, _ = text.partition(":")
+        if not colon or not _URL_SCHEME.fullmatch(scheme):
+            return None  # "missing protocol scheme"
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # an invalid port is an error
+    except ValueError:
+        return None
+    url = URL(parts)
+    if not _URL_HOST.fullmatch(url.host):
+        return None
+    return url
+
+
+def _cel_is_url(value: celtypes.Value) -> celtypes.BoolType:
+    return celtypes.BoolType(isinstance(value, str) and parse_request_uri(value) is not None)
+
+
+def _cel_url(value: celtypes.Value) -> URL | CELEvalError:
+    url = parse_request_uri(str(value)) if isinstance(value, str) else None
+    if url is None:
+        return CELEvalError(f"URL parse error during conversion from string: {value!s:.60}")
+    return url
+
+
+def _url_getter(read: Callable[[URL], str]) -> Callable[[Any], celtypes.Value]:
+    def get(url: Any) -> celtypes.Value:
+        if not isinstance(url, URL):
+            return CELEvalError(f"no such overload: {url!r:.60}")  # type: ignore[return-value]
+        return celtypes.StringType(read(url))
+
+    return get
+
+
+KUBERNETES_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "isURL": _cel_is_url,
+    "url": _cel_url,
+    "getScheme": _url_getter(lambda u: u.parts.scheme),
+    "getHost": _url_getter(lambda u: u.host),
+    "getHostname": _url_getter(lambda u: u.hostname),
+    "getPort": _url_getter(lambda u: u.port),
+    "getEscapedPath": _url_getter(lambda u: u.parts.path),
+}
 
 
 # --- CEL rules (x-kubernetes-validations) -----------------------------------------
 
-# A rule's evaluation: True when the value satisfies it.
-Check = Callable[[Any], bool]
+
+@functools.cache
+def compile_rule(expression: str) -> Runner:
+    """The CEL program of a rule, with the Kubernetes functions (CELParseError if invalid)."""
+    env = Environment()
+    return env.program(env.compile(expression), functions=KUBERNETES_FUNCTIONS)
 
 
-def _has(value: Any, field: str) -> bool:
-    return isinstance(value, dict) and field in value
-
-
-def _matches(pattern: str) -> Check:
-    flags = 0
-    # CEL (RE2) allows (?i) after ^; Python wants global flags first.
-    if "(?i)" in pattern:
-        pattern, flags = pattern.replace("(?i)", "", 1), re.IGNORECASE
-    compiled = re.compile(pattern, flags)
-    return lambda v: isinstance(v, str) and compiled.search(v) is not None
-
-
-def _is_http_url(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
+def evaluate_rule(expression: str, value: Any) -> bool | str:
+    """True when ``value`` (as ``self``) satisfies the CEL rule; else False or the error."""
     try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _start_position(value: Any) -> bool:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value >= 1
-    return isinstance(value, str) and (
-        value in ("Beginning", "Head") or re.fullmatch(r"[1-9][0-9]{0,17}", value) is not None
-    )
-
-
-def _not_in(field: str, names: frozenset[str]) -> Check:
-    return lambda v: not (_has(v, field) and v[field] in names)
-
-
-def _not_prefixed(field: str, prefix: str) -> Check:
-    return lambda v: not (_has(v, field) and str(v[field]).startswith(prefix))
-
-
-def _ge_field(optional: str, left: str, right: str) -> Check:
-    def check(v: Any) -> bool:
-        if not _has(v, optional):
-            return True
-        return bool(v.get(left, 0) >= v.get(right, 0))
-
-    return check
-
-
-# Each: a pattern over the rule's text (whitespace collapsed) -> the Python check.
-_RULE_SHAPES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], Check]]] = [
-    (
-        re.compile(r"self\.metadata\.name\.size\(\) <= (\d+)"),
-        lambda m: lambda v: len(str(v.get("metadata", {}).get("name", ""))) <= int(m[1]),
-    ),
-    (
-        re.compile(r"self\.(\w+) != '(\w+)' \|\| has\(self\.(\w+)\)"),
-        lambda m: lambda v: v.get(m[1]) != m[2] or _has(v, m[3]),
-    ),
-    (
-        re.compile(r"self\.(\w+) != '(\w+)' \|\| !has\(self\.(\w+)\)"),
-        lambda m: lambda v: v.get(m[1]) != m[2] or not _has(v, m[3]),
-    ),
-    (
-        re.compile(r"self\.(\w+) == '(\w+)' \|\| !has\(self\.(\w+)\)"),
-        lambda m: lambda v: v.get(m[1]) == m[2] or not _has(v, m[3]),
-    ),
-    (
-        re.compile(r"!has\(self\.(\w+)\) \|\| self\.(\w+) >= self\.(\w+)"),
-        lambda m: _ge_field(m[1], m[2], m[3]),
-    ),
-    (
-        re.compile(r"self >= (-?\d+) && self <= (-?\d+)"),
-        lambda m: lambda v: int(m[1]) <= v <= int(m[2]),
-    ),
-    (re.compile(r"self >= (-?\d+)"), lambda m: lambda v: v >= int(m[1])),
-    (re.compile(r"self\.matches\('(.*)'\)"), lambda m: _matches(m[1])),
-    (
-        re.compile(r"!\(self\.(\w+) in \[(.*)\]\)"),
-        lambda m: _not_in(m[1], frozenset(re.findall(r"'([^']*)'", m[2]))),
-    ),
-    (
-        re.compile(r"!self\.(\w+)\.startsWith\('([^']*)'\)"),
-        lambda m: _not_prefixed(m[1], m[2]),
-    ),
-    (
-        re.compile(
-            r"isURL\(self\) && url\(self\)\.getScheme\(\) in \['http', 'https'\] "
-            r"&& url\(self\)\.getHostname\(\) != ''"
-        ),
-        lambda m: _is_http_url,
-    ),
-    (
-        re.compile(
-            r"type\(self\) == int \? self >= 1 : \(self == 'Beginning' \|\| self == 'Head' "
-            r"\|\| self\.matches\('\^\[1-9\]\[0-9\]\{0,17\}\$'\)\)"
-        ),
-        lambda m: _start_position,
-    ),
-]
-
-
-def compile_rule(rule: str) -> Check | None:
-    """The Python check for a CEL rule of a known shape, or None."""
-    text = " ".join(rule.split())
-    for pattern, build in _RULE_SHAPES:
-        match = pattern.fullmatch(text)
-        if match:
-            return build(match)
-    return None
+        result = compile_rule(expression).evaluate({"self": json_to_cel(value)})
+    except CELParseError as exc:
+        return f"compilation error: {exc}"
+    except CELEvalError as exc:
+        return f"evaluation error: {exc.args[0] if exc.args else exc}"
+    if isinstance(result, CELEvalError):
+        return f"evaluation error: {result.args[0] if result.args else result}"
+    if not isinstance(result, celtypes.BoolType):
+        return f"rule did not evaluate to a bool: {result!r:.60}"
+    return bool(result)
 
 
 def _walk_rules(schema: Schema, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -346,33 +364,28 @@ def _walk_rules(schema: Schema, path: str = "") -> Iterator[tuple[str, dict[str,
         yield from _walk_rules(schema["items"], f"{path}[]")
 
 
-def unchecked_rules(schema: Schema) -> list[str]:
-    """CEL rules of the schema this module cannot evaluate (should be none)."""
-    return [
-        f"{path}: {rule['rule']}"
-        for path, rule in _walk_rules(schema)
-        if compile_rule(rule["rule"]) is None
-    ]
+def rules_of(schema: Schema) -> list[tuple[str, str]]:
+    """Every CEL rule of the schema: (the schema path it is on, the expression)."""
+    return [(path, rule["rule"]) for path, rule in _walk_rules(schema)]
 
 
 def _rules(value: Any, schema: Schema, path: str) -> Iterator[Problem]:
     for rule in schema.get("x-kubernetes-validations", []):
-        check = compile_rule(rule["rule"])
-        if check is None:
+        outcome = evaluate_rule(rule["rule"], value)
+        if outcome is True:
             continue
-        try:
-            ok = check(value)
-        except (TypeError, KeyError, AttributeError):
-            ok = False
-        if not ok:
-            field_path = rule.get("fieldPath", "")
-            if not path and not field_path and "self.metadata.name" in rule["rule"]:
-                field_path = ".metadata.name"  # the root rule is about the name
-            yield Problem(
-                f"{path}{field_path}" if path else field_path.lstrip("."),
-                rule.get("reason", "FieldValueInvalid"),
-                str(rule.get("message", rule["rule"])).strip(),
-            )
+        field_path = rule.get("fieldPath", "")
+        message = " ".join(str(rule.get("message", rule["rule"])).split())
+        if isinstance(outcome, str):
+            message = f"{message} ({outcome})"
+        reason = rule.get("reason", "FieldValueInvalid")
+        if reason == "FieldValueInvalid" and not field_path and not isinstance(value, dict | list):
+            message = f"{_shown(value)}: {message}"  # as the API server: the value first
+        yield Problem(
+            f"{path}{field_path}" if path else field_path.lstrip("."),
+            reason,
+            message,
+        )
     if isinstance(value, dict):
         for key, prop in schema.get("properties", {}).items():
             if key in value:
