@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -127,3 +127,32 @@ kind-test: install ## The cluster and e2e tiers against the kind cluster of kind
 kind-down: ## Delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 	rm -f $(KIND_KUBECONFIG)
+
+# --- A real node without Docker (tests/support/node, docs/deployment.md) -----
+# One node per machine: kubelet, containerd, kube-proxy, CoreDNS and a registry
+# beside the control plane. Needs root and the Debian packages runc,
+# containernetworking-plugins, iptables, gcc (+ podman, debootstrap for images).
+NODE_POSTGRES_IMAGE ?= localhost/feedline-postgres:15-bookworm
+
+.PHONY: node-binaries
+node-binaries: ## Build (or reuse) kubelet, kube-scheduler, kube-proxy, kubectl, containerd, crictl, CoreDNS, registry
+	bash tools/controlplane/build.sh --node
+
+.PHONY: node-up
+node-up: install controlplane node-binaries ## One-node Kubernetes on this machine, no Docker; prints the kubeconfig path
+	$(PY) -m tests.support.node up
+
+.PHONY: node-down
+node-down: install ## Stop the node of node-up; fails if it left links, rules, mounts or cgroups
+	$(PY) -m tests.support.node down
+
+.PHONY: images
+images: install ## Build the feedline and PostgreSQL images with podman, push them to the node's registry
+	bash tools/image/build-local.sh --tag $(IMAGE)
+	bash tools/image/build-postgres.sh --tag $(NODE_POSTGRES_IMAGE)
+	$(PY) -m tests.support.node push localhost/$(IMAGE) $(IMAGE)
+	$(PY) -m tests.support.node push $(NODE_POSTGRES_IMAGE) $(NODE_POSTGRES_IMAGE)
+
+.PHONY: e2e
+e2e: node-up images ## The e2e tier on the node (charts installed with helm); the node stays up: make node-down
+	FEEDLINE_E2E_IMAGES_PUSHED=1 $(VENV)/bin/pytest -m e2e tests/e2e $(PYTEST_ARGS)

@@ -31,8 +31,10 @@ SUBSCRIBER_COMPONENT: Final = "subscriber"
 ANNOTATION_RUN_NOW: Final = f"{GROUP}/run-now"
 # On run-now Jobs: which run-now request made them.
 ANNOTATION_RUN_NOW_REQUEST: Final = f"{GROUP}/run-now-request"
-# kopf keeps its bookkeeping under our group instead of kopf.zalando.org.
-KOPF_PREFIX: Final = GROUP
+# kopf keeps its bookkeeping under our domain instead of kopf.zalando.org, on
+# a subdomain of its own: kopf leaves every annotation under its prefix out of
+# the diffs it reports, so with the bare group it would never see run-now.
+KOPF_PREFIX: Final = f"kopf.{GROUP}"
 FINALIZER: Final = f"{GROUP}/operator"
 
 CONTAINER_NAME: Final = "subscriber"

@@ -142,8 +142,11 @@ def run_from_pod(pod: Mapping[str, Any]) -> Run | None:
 def is_newer(run: Run, status: Mapping[str, Any]) -> bool:
     """Pods arrive in any order (a restart lists them all); only a later run counts.
 
-    A follower's pod reports again and again under one name: newer means a
-    later completionTime. A different pod counts unless it finished earlier.
+    A follower's pod reports again and again under one name while it runs
+    (no completionTime): each report is news until that pod has finished (the
+    status write itself is skipped when nothing changed). A finished pod's
+    report is newer with a later completionTime. A different pod counts
+    unless it finished earlier.
     """
     last = status.get("lastRun") or {}
     if not last:
@@ -151,7 +154,9 @@ def is_newer(run: Run, status: Mapping[str, Any]) -> bool:
     previous = _parse_time(last.get("completionTime"))
     current = _parse_time(run.completion_time)
     if last.get("name") == run.name:
-        return current is not None and (previous is None or current > previous)
+        if current is None:
+            return previous is None
+        return previous is None or current > previous
     if previous is None or current is None:
         return True
     return current >= previous

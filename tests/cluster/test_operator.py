@@ -4,6 +4,7 @@ permissions of its chart's ServiceAccount (a TokenRequest token, not admin)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -314,8 +315,19 @@ def test_missing_secret_is_not_ready_with_a_warning_until_it_appears(
     wait_condition(kube_api, namespace, "s", "Ready", "True", timeout=30)
 
 
-@pytest.mark.usefixtures("operator", "read_model_secret")
+@pytest.mark.usefixtures("read_model_secret")
 def test_run_now_creates_a_job_and_clears_the_annotation(
+    kube_api: client.ApiClient, namespace: str, operator_kubeconfig: Path
+) -> None:
+    # No resync during the test: only the annotation's own update may start the Job.
+    config = dataclasses.replace(
+        operator_config(operator_kubeconfig, namespace), resync_seconds=600
+    )
+    with OperatorThread(config):
+        _run_now_creates_a_job_and_clears_the_annotation(kube_api, namespace)
+
+
+def _run_now_creates_a_job_and_clears_the_annotation(
     kube_api: client.ApiClient, namespace: str
 ) -> None:
     create(kube_api, namespace, subscription("s"))

@@ -92,6 +92,23 @@ def test_only_newer_runs_count() -> None:
     assert status.is_newer(later, current)
 
 
+def test_a_running_followers_reports_keep_moving_the_status() -> None:
+    """A follower never completes: each report from its pod is news, until it finishes."""
+    running = {"completionTime": None, "outcome": "CaughtUp"}
+    first = status.parse_summary("f-1", _summary(position=3, head=3, **running))
+    moved = status.parse_summary("f-1", _summary(position=4, head=4, **running))
+    assert first is not None
+    assert moved is not None
+    current = status.with_run({}, first, generation=1, now=T0)
+    assert status.is_newer(moved, current)
+    updated = status.with_run(current, moved, generation=1, now=T0)
+    assert (updated["position"], updated["head"]) == (4, 4)
+    finished = status.parse_summary("f-1", _summary(position=4, head=4))
+    assert finished is not None
+    done = status.with_run(updated, finished, generation=1, now=T0)
+    assert not status.is_newer(moved, done)  # a running report after the pod finished
+
+
 def test_caught_up_run() -> None:
     run = status.parse_summary("p", _summary())
     assert run is not None

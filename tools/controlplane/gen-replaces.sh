@@ -40,8 +40,13 @@ for r in json.load(sys.stdin)["Replace"] or []:
 ' | while read -r mod; do
             go mod edit -replace="$mod=$mod@$staging_version"
         done
+        # The control plane, and the real node's commands (build.sh --node).
         go mod edit -tool=k8s.io/kubernetes/cmd/kube-apiserver \
-                    -tool=k8s.io/kubernetes/cmd/kube-controller-manager
+                    -tool=k8s.io/kubernetes/cmd/kube-controller-manager \
+                    -tool=k8s.io/kubernetes/cmd/kubelet \
+                    -tool=k8s.io/kubernetes/cmd/kube-scheduler \
+                    -tool=k8s.io/kubernetes/cmd/kube-proxy \
+                    -tool=k8s.io/kubernetes/cmd/kubectl
         go mod tidy
     )
     echo "generated $dir/go.mod ($(grep -c '=>' "$dir/go.mod") replaces)"
@@ -64,9 +69,29 @@ gen_etcd() {
     echo "generated $dir/go.mod"
 }
 
+gen_coredns() {
+    # A CoreDNS with the plugins of coredns/main.go only. client-go and its
+    # siblings at the Kubernetes release's staging version, so the compiled
+    # packages are shared with the kubernetes build.
+    local dir="$here/coredns" staging_version="v0.${K8S_VERSION#v1.}"
+    rm -f "$dir/go.mod" "$dir/go.sum"
+    (
+        cd "$dir"
+        go mod init feedline.local/controlplane/coredns >/dev/null 2>&1
+        go mod edit -go="$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1.0/')"
+        go mod edit -require="github.com/coredns/coredns@$COREDNS_VERSION" \
+                    -require="k8s.io/client-go@$staging_version" \
+                    -require="k8s.io/api@$staging_version" \
+                    -require="k8s.io/apimachinery@$staging_version"
+        go mod tidy
+    )
+    echo "generated $dir/go.mod"
+}
+
 case "${1:-all}" in
     kubernetes) gen_kubernetes ;;
     etcd) gen_etcd ;;
-    all) gen_kubernetes; gen_etcd ;;
-    *) echo "usage: $0 [kubernetes|etcd|all]" >&2; exit 2 ;;
+    coredns) gen_coredns ;;
+    all) gen_kubernetes; gen_etcd; gen_coredns ;;
+    *) echo "usage: $0 [kubernetes|etcd|coredns|all]" >&2; exit 2 ;;
 esac

@@ -2,6 +2,8 @@
 kube-controller-manager, started from the binaries `make controlplane` builds.
 
 No kubelet and no scheduler run: `node_agent.py` binds and runs pods for tests.
+`ControlPlaneOptions` adapt it for a real node beside it (tests/support/node):
+another address, a fixed port, every controller, a real `kubernetes` endpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +50,24 @@ CONTROLLERS = (
 )
 
 
+@dataclass(frozen=True)
+class ControlPlaneOptions:
+    """What differs between the loopback control plane and a real node's."""
+
+    # kube-apiserver's bind and advertise address.
+    address: str = "127.0.0.1"
+    # None: a free port.
+    apiserver_port: int | None = None
+    service_cluster_ip_range: str = SERVICE_CLUSTER_IP_RANGE
+    controllers: tuple[str, ...] = CONTROLLERS
+    # False: no endpoint for the `kubernetes` Service (127.0.0.1 cannot be one).
+    endpoint_reconciler: bool = False
+    # More SANs on the apiserver's serving certificate (IPs or DNS names).
+    extra_sans: tuple[str, ...] = ()
+    extra_apiserver_args: tuple[str, ...] = ()
+    extra_controller_manager_args: tuple[str, ...] = ()
+
+
 class ControlPlaneError(RuntimeError):
     """A component did not start or did not become ready."""
 
@@ -60,12 +80,21 @@ class Component:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    # True: its own session, so a Ctrl-C meant for pytest does not reach it
+    # and the fixture's teardown can stop it in order.
+    new_session: bool = False
+    env: dict[str, str] | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=self.new_session,
+            env=self.env,
         )
 
     def check_alive(self) -> None:
@@ -134,14 +163,17 @@ def write_kubeconfig(
 class ControlPlane:
     """Start with `start()` (or use as a context manager), stop with `stop()`."""
 
-    def __init__(self, binaries: Binaries, workdir: Path) -> None:
+    def __init__(
+        self, binaries: Binaries, workdir: Path, options: ControlPlaneOptions | None = None
+    ) -> None:
         self.binaries = binaries
         self.workdir = workdir
+        self.options = options or ControlPlaneOptions()
         self.pki_dir = workdir / "pki"
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
-        self.apiserver_port = free_port()
-        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.apiserver_port = self.options.apiserver_port or free_port()
+        self.server = f"https://{self.options.address}:{self.apiserver_port}"
         self.components: list[Component] = []
         self.kubeconfig = workdir / "admin.kubeconfig"
         self._ca: CertificateAuthority | None = None
@@ -158,7 +190,7 @@ class ControlPlane:
 
     def start(self, timeout: float = 90.0) -> None:
         try:
-            self._write_pki()
+            self.write_pki()
             self._start_etcd(timeout)
             self._start_apiserver(timeout)
             self._start_controller_manager(timeout)
@@ -174,6 +206,13 @@ class ControlPlane:
     def log_tails(self, lines: int = 40) -> str:
         return "\n".join(c.tail(lines) for c in self.components)
 
+    @property
+    def certificate_authority(self) -> CertificateAuthority:
+        """The CA that signed everything (to issue more certificates)."""
+        if self._ca is None:
+            raise ControlPlaneError("the PKI is written by start()")
+        return self._ca
+
     # --- setup -----------------------------------------------------------
 
     def _write_pki(self) -> None:
@@ -181,7 +220,13 @@ class ControlPlane:
         ca = CertificateAuthority()
         self._ca = ca
         ca.write_ca(self.pki_dir / "ca.crt")
-        ca.issue(self.pki_dir, "apiserver", "kube-apiserver", server=True)
+        ca.issue(
+            self.pki_dir,
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            extra_sans=self.options.extra_sans,
+        )
         self._admin = ca.issue(
             self.pki_dir, "admin", "feedline-test-admin", organization="system:masters"
         )
@@ -196,6 +241,12 @@ class ControlPlane:
             kcm,
             user="system:kube-controller-manager",
         )
+
+    def write_pki(self) -> None:
+        """Write the PKI now (before `start`, which then keeps it), e.g. so a
+        caller can issue its own certificates from `certificate_authority`."""
+        if self._ca is None:
+            self._write_pki()
 
     def _launch(self, name: str, argv: list[str]) -> Component:
         component = Component(name, argv, self.workdir / f"{name}.log")
@@ -226,19 +277,20 @@ class ControlPlane:
 
     def _start_apiserver(self, timeout: float) -> None:
         pki = self.pki_dir
+        options = self.options
         apiserver = self._launch(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={options.address}",
+                f"--advertise-address={options.address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--service-cluster-ip-range={options.service_cluster_ip_range}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -249,8 +301,9 @@ class ControlPlane:
                 "--allow-privileged=true",
                 # No real endpoint for the `kubernetes` Service: nothing in the
                 # tests dials it, and 127.0.0.1 is not a valid endpoint IP.
-                "--endpoint-reconciler-type=none",
+                *([] if options.endpoint_reconciler else ["--endpoint-reconciler-type=none"]),
                 "--profiling=false",
+                *options.extra_apiserver_args,
             ],
         )
         self._wait(apiserver, f"{self.server}/readyz", timeout, tls=True)
@@ -262,13 +315,14 @@ class ControlPlane:
             [
                 str(self.binaries.kube_controller_manager),
                 f"--kubeconfig={self.workdir / 'controller-manager.kubeconfig'}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self.options.controllers)}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 # No metrics/health endpoint needed; readiness is checked below.
                 "--secure-port=0",
+                *self.options.extra_controller_manager_args,
             ],
         )
         # Ready once the serviceaccount controller made `default` in `default`.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,13 @@ class CertificateAuthority:
         *,
         organization: str | None = None,
         server: bool = False,
+        extra_sans: Sequence[str] = (),
     ) -> CertPair:
-        """Sign a leaf certificate; `server` adds loopback SANs and serverAuth."""
+        """Sign a leaf certificate; `server` adds loopback SANs and serverAuth.
+
+        `extra_sans` (IP addresses or DNS names) are added to a server
+        certificate's SANs, e.g. a node address or the `kubernetes` Service IP.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -117,6 +130,7 @@ class CertificateAuthority:
                         x509.DNSName("kubernetes"),
                         x509.DNSName("kubernetes.default.svc"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        *(_san(name) for name in extra_sans),
                     ]
                 ),
                 critical=False,

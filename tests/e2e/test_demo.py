@@ -1,0 +1,366 @@
+"""The demo as users run it: both charts installed with helm, subscriptions
+Ready, offers posted to special-offers reaching loyalty-program's read model."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.clients import http_json, retry_http
+from tests.e2e.conftest import Demo
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def evsub_status(demo: Demo, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = demo.cluster.kubectl_json(
+        "-n", demo.namespace, "get", "evsub", name
+    ).get("status", {})
+    return status
+
+
+def wait_ready(demo: Demo) -> None:
+    demo.kubectl("wait", "--for=condition=Ready", "evsub", "--all", "--timeout=180s", timeout=200)
+
+
+def register_user(demo: Demo, name: str) -> dict[str, Any]:
+    """A loyalty-program user without interests: every offer is for them."""
+    status, user = retry_http(
+        "POST", f"{demo.url('loyalty-program')}/users", {"name": name, "interests": []}
+    )
+    assert status == 201, user
+    return dict(user)
+
+
+def test_subscriptions_become_ready(demo: Demo) -> None:
+    wait_ready(demo)
+    names = demo.kubectl("get", "evsub", "-o", "name").split()
+    assert sorted(names) == [
+        "eventsubscription.feedline.dev/loyalty-special-offers",
+        "eventsubscription.feedline.dev/offer-documents",
+    ]
+    # Every pod of both charts runs under the restricted profile (enforced by
+    # the namespaces' labels: a violating pod would not exist at all).
+    pods = demo.cluster.kubectl_json("-n", demo.namespace, "get", "pods")["items"]
+    assert pods, "no pods in the demo namespace"
+    print(f"helm install --wait took {demo.install_seconds}")
+
+
+def test_offers_reach_loyalty_read_model(demo: Demo) -> None:
+    wait_ready(demo)
+    offers_url = demo.url("special-offers")
+    loyalty_url = demo.url("loyalty-program")
+    # Through the Services' ClusterIPs, from the host (kube-proxy's rules).
+    user = register_user(demo, "e2e")
+    marker = uuid.uuid4().hex[:8]
+    wanted = {f"e2e offer {marker} #{i}" for i in range(3)}
+    for description in sorted(wanted):
+        status, body = retry_http("POST", f"{offers_url}/offers", {"description": description})
+        assert status == 201, body
+    # Run the CronJob subscription now rather than wait for its minute.
+    demo.kubectl(
+        "annotate", "evsub", "loyalty-special-offers", "--overwrite",
+        f"feedline.dev/run-now={int(time.time())}",
+    )  # fmt: skip
+
+    def arrived() -> bool:
+        status, offers = http_json("GET", f"{loyalty_url}/users/{user['id']}/offers")
+        assert status == 200, offers
+        return wanted <= {offer["description"] for offer in offers}
+
+    # The minute's scheduled run brings them at the latest.
+    wait_for(arrived, timeout=150, interval=1, what="offers in loyalty-program's read model")
+
+    def caught_up() -> dict[str, Any] | None:
+        status = evsub_status(demo, "loyalty-special-offers")
+        return status if status.get("position", 0) >= 3 and status.get("lag") == 0 else None
+
+    # The run's summary (its container's termination message) reaches status.
+    status_now = wait_for(caught_up, timeout=90, interval=1, what="position and lag 0 in status")
+    assert status_now["lastRun"]["outcome"] == "CaughtUp", status_now
+
+
+def post_offer(demo: Demo, description: str) -> int:
+    status, body = retry_http(
+        "POST", f"{demo.url('special-offers')}/offers", {"description": description}
+    )
+    assert status == 201, body
+    return int(body["id"])
+
+
+RUN_NOW_PROMPT_SECONDS = 15
+
+
+def test_cronjob_run_now_summary_in_status(demo: Demo) -> None:
+    """`feedline.dev/run-now` starts a Job at once (not at the operator's resync),
+    and that run's summary reaches status from its container's termination message."""
+    wait_ready(demo)
+    post_offer(demo, f"run-now {uuid.uuid4().hex[:8]}")
+    request = f"e2e-{uuid.uuid4().hex[:8]}"
+    demo.kubectl(
+        "annotate",
+        "evsub",
+        "loyalty-special-offers",
+        "--overwrite",
+        f"feedline.dev/run-now={request}",
+    )
+
+    def run_now_job() -> str | None:
+        jobs = demo.cluster.kubectl_json("-n", demo.namespace, "get", "jobs")["items"]
+        for job in jobs:
+            annotations = job["metadata"].get("annotations") or {}
+            if annotations.get("feedline.dev/run-now-request") == request:
+                return str(job["metadata"]["name"])
+        return None
+
+    asked = time.monotonic()
+    # resyncSeconds (60) and some slack: run-now must work at all.
+    job = wait_for(run_now_job, timeout=75, interval=0.5, what=f"a Job for run-now {request}")
+    delay = time.monotonic() - asked
+
+    def summary_of_job() -> dict[str, Any] | None:
+        status = evsub_status(demo, "loyalty-special-offers")
+        last = status.get("lastRun") or {}
+        return status if str(last.get("name", "")).startswith(f"{job}-") else None
+
+    status = wait_for(summary_of_job, timeout=90, interval=1, what=f"status.lastRun from {job}")
+    assert status["lag"] == 0, status
+    assert status["lastRun"]["outcome"] == "CaughtUp", status
+    # The resync timer is 60 s: a Job this soon came from the annotation's own update.
+    assert delay < RUN_NOW_PROMPT_SECONDS, f"run-now's Job came {delay:.0f}s after the annotation"
+
+
+def test_follow_status_moves_within_seconds(demo: Demo) -> None:
+    """Follow mode: `kubectl get evsub` shows position and lag move within
+    seconds of a command (the operator reads the follower over its pod IP)."""
+    wait_ready(demo)
+
+    def position() -> int | None:
+        value = demo.kubectl("get", "evsub", "offer-documents", "-o", "jsonpath={.status.position}")
+        return int(value) if value else None
+
+    before = position() or 0
+    post_offer(demo, f"follow {uuid.uuid4().hex[:8]}")
+    began = time.monotonic()
+    wait_for(
+        lambda: (position() or 0) > before,
+        timeout=20,
+        interval=0.5,
+        what="offer-documents' status.position to move",
+    )
+    print(f"Follow position moved {time.monotonic() - began:.1f}s after the command")
+    columns = demo.kubectl("get", "evsub", "offer-documents")
+    assert "offer-documents" in columns
+
+
+READER = """
+import os, urllib.error, urllib.request
+request = urllib.request.Request("http://product-catalog/events")
+path = "/var/run/secrets/feedline/token"
+if os.path.exists(path):
+    request.add_header("Authorization", "Bearer " + open(path).read().strip())
+try:
+    print(urllib.request.urlopen(request, timeout=10).status)
+except urllib.error.HTTPError as err:
+    print(err.code)
+"""
+
+
+def reader_pod(name: str, *, with_token: bool) -> dict[str, Any]:
+    """A restricted-profile pod that GETs product-catalog's feed once."""
+    container: dict[str, Any] = {
+        "name": "reader",
+        "image": "feedline:0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-c", READER],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    volumes = []
+    if with_token:
+        container["volumeMounts"] = [
+            {"name": "feed-token", "mountPath": "/var/run/secrets/feedline", "readOnly": True}
+        ]
+        volumes = [
+            {
+                "name": "feed-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": "feedline",
+                                "path": "token",
+                                "expirationSeconds": 600,
+                            }
+                        }
+                    ]
+                },
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
+
+
+def test_feed_auth_service_account_token(demo: Demo, tmp_path: Path) -> None:
+    """product-catalog with feedAuth.mode=ServiceAccountToken (helm upgrade):
+    a projected token with the `feedline` audience is accepted through
+    TokenReview; a pod without one gets 401."""
+    demo.cluster.helm(
+        "upgrade", "e2e-demo", str(demo.chart), "--namespace", demo.namespace,
+        "--reuse-values", "--set", "productCatalog.feedAuth.mode=ServiceAccountToken",
+        "--wait", "--timeout", "5m",
+    )  # fmt: skip
+    suffix = uuid.uuid4().hex[:6]
+    pods = {
+        f"reader-token-{suffix}": ("200", True),
+        f"reader-none-{suffix}": ("401", False),
+    }
+    manifest = tmp_path / "readers.yaml"
+    manifest.write_text(
+        yaml.safe_dump_all(
+            [reader_pod(name, with_token=token) for name, (_, token) in pods.items()]
+        )
+    )
+    demo.kubectl("apply", "-f", str(manifest))
+    try:
+        for name, (expected, _) in pods.items():
+            demo.kubectl(
+                "wait", "--for=jsonpath={.status.phase}=Succeeded", f"pod/{name}",
+                "--timeout=120s", timeout=130,
+            )  # fmt: skip
+            assert demo.kubectl("logs", name).strip() == expected, name
+    finally:
+        demo.kubectl("delete", "-f", str(manifest), "--wait=false")
+
+
+def test_replay_rebuilds_read_model(demo: Demo) -> None:
+    """Bumping spec.replay.token rebuilds loyalty-program's read model from the
+    feed: afterwards it holds exactly what it held before (oracle: every offer
+    once, removed ones gone, updates applied), nothing lost or doubled."""
+    wait_ready(demo)
+    loyalty_url = demo.url("loyalty-program")
+    offers_url = demo.url("special-offers")
+    user = register_user(demo, "replay")
+    marker = uuid.uuid4().hex[:8]
+    kept = post_offer(demo, f"replay {marker} kept")
+    updated = post_offer(demo, f"replay {marker} before update")
+    removed = post_offer(demo, f"replay {marker} removed")
+    status, body = http_json(
+        "PUT", f"{offers_url}/offers/{updated}", {"description": f"replay {marker} updated"}
+    )
+    assert status == 200, body
+    status, body = http_json("DELETE", f"{offers_url}/offers/{removed}")
+    assert status == 204, body
+
+    def read_model() -> list[tuple[int, str]]:
+        status, offers = http_json("GET", f"{loyalty_url}/users/{user['id']}/offers")
+        assert status == 200, offers
+        return sorted((int(o["offerId"]), str(o["description"])) for o in offers)
+
+    def ours(rows: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        return [row for row in rows if marker in row[1]]
+
+    expected = [(kept, f"replay {marker} kept"), (updated, f"replay {marker} updated")]
+    # The scheduled run (every minute) brings the changes.
+    wait_for(lambda: ours(read_model()) == expected, timeout=150, interval=1, what="the changes")
+    before = read_model()
+    assert len(before) == len(set(before)), before
+
+    asked = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    demo.kubectl(
+        "patch", "evsub", "loyalty-special-offers", "--type=merge",
+        "-p", f'{{"spec": {{"replay": {{"token": "e2e-{marker}"}}}}}}',
+    )  # fmt: skip
+    demo.kubectl(
+        "annotate", "evsub", "loyalty-special-offers", "--overwrite",
+        f"feedline.dev/run-now=replay-{marker}",
+    )  # fmt: skip
+
+    def replayed() -> dict[str, Any] | None:
+        status = evsub_status(demo, "loyalty-special-offers")
+        last = status.get("lastRun") or {}
+        # A finished run that started after the new token and read the feed
+        # from its start again (a run with the old template reads only new events).
+        again = last.get("startTime", "") >= asked and last.get("processed", 0) >= len(before)
+        return status if again and last.get("completionTime") else None
+
+    status_after = wait_for(replayed, timeout=150, interval=1, what="a run replaying the feed")
+    assert status_after["lastRun"]["outcome"] == "CaughtUp", status_after
+    after = read_model()
+    assert after == before, {"lost": set(before) - set(after), "new": set(after) - set(before)}
+
+
+def test_operator_pod_deleted_mid_reconcile(demo: Demo) -> None:
+    """The operator pod deleted right after a run-now request: its Deployment
+    brings a new one, which finishes the work: one Job for the request, every
+    offer once in the read model, status caught up (oracle: nothing lost or doubled)."""
+    wait_ready(demo)
+    user = register_user(demo, "fault")
+    marker = uuid.uuid4().hex[:8]
+    ids = {post_offer(demo, f"fault {marker} #{i}") for i in range(3)}
+    request = f"fault-{marker}"
+    demo.kubectl(
+        "annotate",
+        "evsub",
+        "loyalty-special-offers",
+        "--overwrite",
+        f"feedline.dev/run-now={request}",
+    )
+    operator = ["-n", demo.operator_namespace]
+    demo.cluster.kubectl(
+        *operator, "delete", "pod", "-l", "app.kubernetes.io/name=feedline-operator", "--wait=false"
+    )
+    demo.cluster.kubectl(
+        *operator, "rollout", "status", "deployment", "--timeout=120s", timeout=130
+    )
+    loyalty_url = demo.url("loyalty-program")
+
+    def all_once() -> bool:
+        status, offers = http_json("GET", f"{loyalty_url}/users/{user['id']}/offers")
+        assert status == 200, offers
+        seen = [int(o["offerId"]) for o in offers]
+        assert len(seen) == len(set(seen)), f"an offer twice in the read model: {seen}"
+        return ids <= set(seen)
+
+    wait_for(all_once, timeout=150, interval=1, what="every offer once in the read model")
+
+    def caught_up() -> dict[str, Any] | None:
+        status = evsub_status(demo, "loyalty-special-offers")
+        return (
+            status
+            if status.get("lag") == 0 and status.get("position") == status.get("head")
+            else None
+        )
+
+    wait_for(caught_up, timeout=90, interval=1, what="status caught up")
+    jobs = demo.cluster.kubectl_json("-n", demo.namespace, "get", "jobs")["items"]
+    for_request = [
+        j
+        for j in jobs
+        if (j["metadata"].get("annotations") or {}).get("feedline.dev/run-now-request") == request
+    ]
+    assert len(for_request) <= 1, [j["metadata"]["name"] for j in for_request]
