@@ -97,12 +97,8 @@ def post_offer(demo: Demo, description: str) -> int:
 RUN_NOW_PROMPT_SECONDS = 15
 
 
-def test_cronjob_run_now_summary_in_status(demo: Demo) -> None:
-    """`feedline.dev/run-now` starts a Job at once (not at the operator's resync),
-    and that run's summary reaches status from its container's termination message."""
-    wait_ready(demo)
-    post_offer(demo, f"run-now {uuid.uuid4().hex[:8]}")
-    request = f"e2e-{uuid.uuid4().hex[:8]}"
+def request_run_now(demo: Demo, request: str) -> None:
+    """Ask for a run now, as a user does: annotate the subscription."""
     demo.kubectl(
         "annotate",
         "evsub",
@@ -110,6 +106,15 @@ def test_cronjob_run_now_summary_in_status(demo: Demo) -> None:
         "--overwrite",
         f"feedline.dev/run-now={request}",
     )
+
+
+def test_cronjob_run_now_summary_in_status(demo: Demo) -> None:
+    """`feedline.dev/run-now` starts a Job at once (not at the operator's resync),
+    and that run's summary reaches status from its container's termination message."""
+    wait_ready(demo)
+    post_offer(demo, f"run-now {uuid.uuid4().hex[:8]}")
+    request = f"e2e-{uuid.uuid4().hex[:8]}"
+    request_run_now(demo, request)
 
     def run_now_job() -> str | None:
         jobs = demo.cluster.kubectl_json("-n", demo.namespace, "get", "jobs")["items"]
@@ -323,13 +328,7 @@ def test_operator_pod_deleted_mid_reconcile(demo: Demo) -> None:
     marker = uuid.uuid4().hex[:8]
     ids = {post_offer(demo, f"fault {marker} #{i}") for i in range(3)}
     request = f"fault-{marker}"
-    demo.kubectl(
-        "annotate",
-        "evsub",
-        "loyalty-special-offers",
-        "--overwrite",
-        f"feedline.dev/run-now={request}",
-    )
+    request_run_now(demo, request)
     operator = ["-n", demo.operator_namespace]
     demo.cluster.kubectl(
         *operator, "delete", "pod", "-l", "app.kubernetes.io/name=feedline-operator", "--wait=false"
