@@ -59,11 +59,11 @@ bench: install controlplane ## Benchmarks: print throughput and latency figures 
 	$(PY) -m bench.bench_operator
 
 .PHONY: test
-test: install lint controlplane ## Everything: lint, the benchmarks, then every test tier
+test: install lint controlplane node-binaries ## Everything: lint, the benchmarks, then every test tier (e2e on a node of its own)
 	@# The benchmarks run first and a failure of either does not stop the
 	@# other: a run always prints its figures, and pytest's summary closes it.
 	@bench_status=0; $(MAKE) --no-print-directory bench || bench_status=$$?; \
-	pytest_status=0; $(VENV)/bin/pytest -m 'not e2e' $(PYTEST_ARGS) || pytest_status=$$?; \
+	pytest_status=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || pytest_status=$$?; \
 	if [ $$bench_status -ne 0 ]; then echo "make test: the benchmarks failed (exit $$bench_status)" >&2; fi; \
 	[ $$bench_status -eq 0 ] && [ $$pytest_status -eq 0 ]
 
