@@ -27,6 +27,7 @@ from tests.support.kube.binaries import (
 from tests.support.kube.cluster import EXTERNAL_KUBECONFIG_ENV
 from tests.support.node import images
 from tests.support.node.node import NodeError, node_for_tests
+from tests.support.podman import build_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHARTS = REPO_ROOT / "charts"
@@ -81,27 +82,14 @@ def e2e_cluster(
         pytest.fail(str(err), pytrace=False)
 
 
-def _build(script: str, tag: str) -> None:
-    proc = subprocess.run(
-        ["bash", str(REPO_ROOT / "tools" / "image" / script), "--tag", tag],
-        capture_output=True,
-        text=True,
-        env=images.podman_env(),
-        check=False,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"tools/image/{script} failed:\n{proc.stderr[-4000:]}", pytrace=False)
-
-
 @pytest.fixture(scope="session")
 def node_images(e2e_cluster: E2ECluster) -> None:
     """On the node: the feedline and PostgreSQL images, built with podman and
     pushed to its registry (pods pull them under the charts' names)."""
     if not e2e_cluster.on_node or os.environ.get(IMAGES_PUSHED_ENV) == "1":
         return
-    _build("build-local.sh", IMAGE)
-    _build("build-postgres.sh", POSTGRES_IMAGE)
+    build_image("build-local.sh", IMAGE)
+    build_image("build-postgres.sh", POSTGRES_IMAGE)
     images.push(f"localhost/{IMAGE}", IMAGE)
     images.push(POSTGRES_IMAGE, POSTGRES_IMAGE)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.image.conftest import podman_env
+from tests.support.podman import podman_env
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 

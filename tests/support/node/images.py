@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.node import layout
+from tests.support.podman import podman_env
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PAUSE_SOURCE = REPO_ROOT / "tools" / "node" / "pause.c"
-CONTAINERS_CONF = REPO_ROOT / "tools" / "image" / "containers.conf"
 
 
 class ImageError(RuntimeError):
@@ -167,13 +167,6 @@ def registry_reference(image: str) -> str:
     else:
         path = image
     return f"{layout.REGISTRY}/{path}"
-
-
-def podman_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)),
-    }
 
 
 def push(local_image: str, image: str) -> str:
