@@ -7,7 +7,9 @@ environment variables accept them in any letter case (`none` = `None`).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Annotated, Final
+
+from pydantic import BeforeValidator
 
 
 class FeedAuth(StrEnum):
@@ -44,6 +46,15 @@ def refuse_old_names(value: str) -> str:
             f"{word!r} is an old name: use {new.value} (accepted: {ACCEPTED}, in any letter case)"
         )
     return word
+
+
+def _refuse_old_names(value: object) -> object:
+    return refuse_old_names(value) if isinstance(value, str) else value
+
+
+# A settings field holding the auth mode: the names above in any letter case;
+# the old names are refused with the one to use (pydantic names the field).
+FeedAuthSetting = Annotated[FeedAuth, BeforeValidator(_refuse_old_names)]
 
 
 # The audience a projected ServiceAccount token is issued for and checked against.

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feedline_contracts import subscriber_env as env
-from feedline_contracts.auth import FeedAuth, refuse_old_names
+from feedline_contracts.auth import FeedAuth, FeedAuthSetting
 from feedline_contracts.database import DatabaseUrl
 from feedline_contracts.feed import EVENT_NAME_PATTERN, MAX_LIMIT, MAX_WAIT_SECONDS
 
@@ -78,7 +78,7 @@ class SubscriberSettings(BaseSettings):
         validation_alias=env.EVENT_TYPES,
         description="event names to read (all if empty)",
     )
-    feed_auth: FeedAuth = Field(default=FeedAuth.NONE, validation_alias=env.FEED_AUTH)
+    feed_auth: FeedAuthSetting = Field(default=FeedAuth.NONE, validation_alias=env.FEED_AUTH)
     feed_token_file: Path | None = Field(default=None, validation_alias=env.FEED_TOKEN_FILE)
     database_url: DatabaseUrl = Field(validation_alias=env.DATABASE_URL)
     projection: str = Field(validation_alias=env.PROJECTION, description="package.module:function")
@@ -148,12 +148,6 @@ class SubscriberSettings(BaseSettings):
                     f"must be comma-separated event names (letters, digits, _ . : -); got {name!r}"
                 )
         return tuple(value)
-
-    @field_validator("feed_auth", mode="before")
-    @classmethod
-    def _feed_auth(cls, value: Any) -> Any:
-        # The CRD's names, in any letter case (FeedAuth); the old ones are refused.
-        return refuse_old_names(value) if isinstance(value, str) else value
 
     @field_validator("projection")
     @classmethod

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, refuse_old_names
+from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, FeedAuthSetting
 from feedline_contracts.database import DatabaseUrl
 
 
@@ -32,7 +31,7 @@ class ServiceSettings(BaseSettings):
             "(default: sqlite:///SERVICE.db in the working folder, one file per service)"
         ),
     )
-    feed_auth: FeedAuth = Field(
+    feed_auth: FeedAuthSetting = Field(
         default=FeedAuth.NONE,
         description="who may read the event feed: None, Token or ServiceAccountToken (any case)",
     )
@@ -69,11 +68,6 @@ class ServiceSettings(BaseSettings):
         ),
     )
     log_level: str = "INFO"
-
-    @field_validator("feed_auth", mode="before")
-    @classmethod
-    def _feed_auth(cls, value: Any) -> Any:
-        return refuse_old_names(value) if isinstance(value, str) else value
 
     def database_url_for(self, service: str) -> str:
         return self.database_url or default_database_url(service)
