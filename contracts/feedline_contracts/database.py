@@ -172,7 +172,11 @@ def unavailable(
     url: str, error: BaseException, *, what: str = "database"
 ) -> DatabaseUnavailableError:
     """``error`` met while connecting to ``url``, said in one line (the password hidden)."""
-    reason, advice, transient = _diagnose(make_url(url), error)
+    return _said(url, _diagnose(make_url(url), error), what)
+
+
+def _said(url: str, diagnosis: Diagnosis, what: str = "database") -> DatabaseUnavailableError:
+    reason, advice, transient = diagnosis
     return DatabaseUnavailableError(
         f"cannot use the {what} {redacted(url)}: {reason}; {advice}", transient=transient
     )
@@ -189,10 +193,7 @@ def missing_sqlite_folder(url: str) -> DatabaseUnavailableError | None:
         return None
     if Path(parsed.database).parent.is_dir():
         return None
-    reason, advice, transient = _sqlite_diagnosis(parsed.database, FileNotFoundError())
-    return DatabaseUnavailableError(
-        f"cannot use the database {redacted(url)}: {reason}; {advice}", transient=transient
-    )
+    return _said(url, _sqlite_diagnosis(parsed.database, FileNotFoundError()))
 
 
 def _usable_database_url(url: str) -> str:

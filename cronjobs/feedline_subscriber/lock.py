@@ -178,11 +178,10 @@ class SubscriptionLock:
         PostgreSQL needs nothing: the advisory lock lives exactly as long as the
         connection the transaction runs on. SQLite renews the lease here.
         """
-        if self.dialect == "postgresql":
-            return
         await self.renew(connection)
 
     async def renew(self, connection: AsyncConnection) -> None:
+        """SQLite: move the lease on (LockLostError if it was taken over); PostgreSQL: nothing."""
         if self.dialect == "postgresql":
             return
         result = await connection.execute(
