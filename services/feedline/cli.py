@@ -112,7 +112,9 @@ def serve(
     configure_logging(settings.log_level)
     definition = SERVICES[service.value]
     try:
-        application = create_app(definition, settings)
+        # check_database below prepares the database (waiting for it if need be), once:
+        # the app's start-up then does not do it again.
+        application = create_app(definition, settings, database_prepared=True)
     except ValueError as exc:  # settings that cannot work together, e.g. Token without a token
         raise typer.BadParameter(str(exc)) from exc
     try:

@@ -281,3 +281,25 @@ def test_demo_chart_objects_are_accepted(
             core.create_namespaced_pod(namespace, pod, dry_run="All")
         except apis.ApiException as err:
             pytest.fail(f"{owner}'s pod is refused in a restricted namespace: {err.body}")
+
+
+def test_demo_postgresql_needs_no_storage_class_by_default(helm: Path, demo_chart: Path) -> None:
+    """A bare cluster (no default StorageClass) must run the demo as installed:
+    by default PostgreSQL claims no volume (a claim would stay Pending); its
+    data lives in an emptyDir. Persistence stays one value away."""
+
+    def postgresql(*values: str) -> tuple[dict[str, Any], list[str]]:
+        docs = render(helm, demo_chart, "demo", *values)
+        return pod_templates(docs)["StatefulSet/feedline-demo-postgresql"]
+
+    template, claims = postgresql()
+    assert claims == []
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in template["spec"]["containers"][0]["volumeMounts"]}
+    data = next(name for path, name in mounts.items() if path.startswith("/var/lib/postgresql"))
+    assert "emptyDir" in volumes[data]
+
+    _, claims = postgresql(
+        "postgresql.persistence.enabled=true", "postgresql.persistence.storageClassName=local"
+    )
+    assert claims == [data]

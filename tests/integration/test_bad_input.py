@@ -170,10 +170,13 @@ async def test_options_on_a_loyalty_user_allows_get_and_put(
 
 
 def serve_until_exit(
-    service: str, database_url: str, *, cwd: Path | None = None, timeout: float = 60
+    service: str, database_url: str, *, cwd: Path | None = None, timeout: float = 60, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """`feedline serve SERVICE --database-url URL`, expected to give up on its own."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FEEDLINE_")}
+    """`feedline serve SERVICE --database-url URL`, expected to give up on its own.
+
+    Extra keyword arguments become environment variables (``FEEDLINE_...``).
+    """
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FEEDLINE_")} | env
     argv = [FEEDLINE, "serve", service, "--port", str(free_port()), "--database-url", database_url]
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=cwd
@@ -228,15 +231,19 @@ def test_serve_on_a_database_it_cannot_open_exits_3_with_one_line(
         url = f"postgresql://nobody:s3cret@127.0.0.1:{port}/db"
         shown = f"postgresql://nobody:***@127.0.0.1:{port}/db"
         says = "connection refused"
+        gave_up = " (gave up after 1 s; FEEDLINE_DATABASE_STARTUP_TIMEOUT_SECONDS)"
     else:
         url = f"sqlite:///{tmp_path / 'missing-folder' / 'offers.db'}"
         shown = url
         says = f"folder {tmp_path / 'missing-folder'} does not exist"
-    result = serve_until_exit("special-offers", url)
+        gave_up = ""  # waiting cannot create a folder
+    # An unreachable server is waited for (tests/integration/test_service_database_startup.py);
+    # here only a second.
+    result = serve_until_exit("special-offers", url, FEEDLINE_DATABASE_STARTUP_TIMEOUT_SECONDS="1")
     assert result.returncode == 3, result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
     line = result.stderr.strip()
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
     assert line.startswith(f"feedline serve: cannot use the database {shown}: {says}")
-    assert "--database-url (FEEDLINE_DATABASE_URL)" in line
+    assert line.endswith(f"--database-url (FEEDLINE_DATABASE_URL){gave_up}")

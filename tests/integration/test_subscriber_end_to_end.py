@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.support.services import running_service
 from tests.support.subscriber_databases import read_model_database
-from tests.support.subscriber_oracle import applied_counts, checkpoint_position, oracle, read_offers
+from tests.support.subscriber_oracle import (
+    applied_counts,
+    checkpoint_position,
+    oracle,
+    query,
+    read_offers,
+)
 from tests.support.subscriber_process import AUDITED, LOYALTY, run_subscriber, subscriber_env
 from tests.support.subscriber_workload import append_events_directly, publish_commands, read_feed
 
@@ -101,3 +108,52 @@ async def test_the_audited_projection_applies_every_event_once(
     counts = await applied_counts(read_model, "audited")
     assert counts == {number: 1 for number in range(1, 3_001)}
     assert await read_offers(read_model) == oracle(events)
+
+
+JOURNAL = "feedline_subscriber.projections.journal:project_journal"
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+async def test_the_journal_projection_holds_each_event_once(
+    dialect: str, postgres_server_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """The shipped journal: rows are exactly the feed's events, each once, across
+    runs that stop part-way (maxEventsPerRun); two subscriptions share the table,
+    and a replay of one clears only its own rows."""
+    async with read_model_database(dialect, postgres_server_url, tmp_path) as read_model:
+        with running_service("special-offers", postgres_url) as base_url:
+            await append_events_directly(postgres_url, 1_500, first_offer=1)
+            feed_url = f"{base_url}/events"
+            for budget in ("400", "700", "0"):
+                finished = run_subscriber(
+                    subscriber_env(
+                        "journal",
+                        feed_url,
+                        read_model,
+                        JOURNAL,
+                        FEEDLINE_BATCH_SIZE="300",
+                        FEEDLINE_MAX_EVENTS_PER_RUN=budget,
+                    )
+                )
+                assert finished.returncode == 0, finished.stderr[-3000:]
+            assert finished.summary["outcome"] == "CaughtUp"
+            other = run_subscriber(subscriber_env("other", feed_url, read_model, JOURNAL))
+            assert other.returncode == 0, other.stderr[-3000:]
+            events = await read_feed(feed_url)
+            replayed = run_subscriber(
+                subscriber_env(
+                    "other", feed_url, read_model, JOURNAL, FEEDLINE_REPLAY_TOKEN="again"
+                )
+            )
+            assert replayed.returncode == 0, replayed.stderr[-3000:]
+            assert replayed.summary["processed"] == len(events)
+        expected = [(e["sequenceNumber"], e["name"], e["content"]) for e in events]
+        for subscription in ("journal", "other"):
+            rows = await query(
+                read_model,
+                "SELECT sequence_number, event_name, content FROM feedline_journal "
+                "WHERE subscription = :s ORDER BY sequence_number",
+                s=subscription,
+            )
+            journal = [(int(n), str(name), orjson.loads(c)) for n, name, c in rows]
+            assert journal == expected, subscription

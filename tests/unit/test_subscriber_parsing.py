@@ -23,7 +23,7 @@ from feedline_subscriber.batch_applier import BatchApplier, PoisonEventHaltError
 from feedline_subscriber.feed_client import Event, FeedProtocolError, parse_page
 from feedline_subscriber.page_stream import PageStream
 from feedline_subscriber.projections.upsert import InvalidDocumentEventError, fold_documents
-from feedline_subscriber.read_model import backoff_seconds, connect_with_retries
+from feedline_subscriber.read_model import connect_with_retries
 from feedline_subscriber.runner import SubscriberRun, run_subscription
 from feedline_subscriber.summary import TERMINATION_MESSAGE_LIMIT, Outcome, Summary
 from tests.support.subscriber_faults import parse_fault_plan
@@ -260,8 +260,3 @@ async def test_a_stop_ends_the_wait_between_retries() -> None:
     with pytest.raises(DatabaseUnavailableError, match="stopped while waiting to retry"):
         await connect_with_retries(connect, DOWN, retry_attempts=5, stop=stop, first_backoff=30)
     assert connect.calls == 1
-
-
-def test_the_backoff_doubles_from_half_a_second_up_to_ten() -> None:
-    for retry, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 10.0), (20, 10.0)]:
-        assert all(0 <= backoff_seconds(retry) <= cap for _ in range(200))

@@ -59,3 +59,48 @@ feedline.dev/service: {{ include "feedline-service.feedlineService" . }}
 {{- define "feedline-service.feedTokenDir" -}}
 /var/run/secrets/feedline/feed-token
 {{- end }}
+
+{{/* The API server's endpoints, as a JSON list of {cidr, port, protocol}:
+networkPolicy.apiServer when set, else the `kubernetes` Service's endpoints in
+`default`, looked up (EndpointSlices labelled kubernetes.io/service-name=kubernetes,
+else the v1 Endpoints). Each address becomes a /32 (IPv4) or /128 (IPv6). The
+endpoint's address and port (e.g. 6443), not the Service's ClusterIP:443: that
+is what a NetworkPolicy sees, after the Service's DNAT. `lookup` answers nothing
+without a cluster (`helm template`, `--dry-run` on the client, GitOps tools):
+then the list is empty. */}}
+{{- define "feedline-service.apiServerEndpoints" -}}
+{{- $found := list }}
+{{- range .Values.networkPolicy.apiServer }}
+{{- $found = append $found (dict "cidr" .cidr "port" (int .port) "protocol" "TCP") }}
+{{- end }}
+{{- if not $found }}
+{{- range (lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "").items }}
+{{- if and (eq (dig "metadata" "labels" "kubernetes.io/service-name" "" .) "kubernetes") (has .addressType (list "IPv4" "IPv6")) }}
+{{- $bits := ternary "32" "128" (eq .addressType "IPv4") }}
+{{- $ports := .ports | default list }}
+{{- range .endpoints }}
+{{- range .addresses }}
+{{- $cidr := printf "%s/%s" . $bits }}
+{{- range $ports }}
+{{- if .port }}
+{{- $found = append $found (dict "cidr" $cidr "port" (int .port) "protocol" (.protocol | default "TCP")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $found }}
+{{- range (lookup "v1" "Endpoints" "default" "kubernetes").subsets }}
+{{- $ports := .ports | default list }}
+{{- range .addresses }}
+{{- $cidr := printf "%s/%s" .ip (ternary "128" "32" (contains ":" .ip)) }}
+{{- range $ports }}
+{{- $found = append $found (dict "cidr" $cidr "port" (int .port) "protocol" (.protocol | default "TCP")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- uniq $found | toJson }}
+{{- end }}

@@ -4,6 +4,17 @@ Every service gets, without code of its own: its database and event store,
 the feed (``/events``), health, ``/metrics``, JSON logs with request and trace
 ids, problem+json errors and feed auth. A service adds its own routers and
 tables through a ``ServiceDefinition``.
+
+Start-up and the database: the database is prepared once (reached, tables
+created, event store claimed), before the HTTP server listens. A database not
+reachable yet (a fresh ``helm install`` starts it beside the service) is
+retried with backoff for ``FEEDLINE_DATABASE_STARTUP_TIMEOUT_SECONDS``, one
+warning line per retry; meanwhile nothing listens, so readiness is false (the
+chart's startupProbe allows for it). ``feedline serve`` does this in
+``check_database`` before uvicorn starts, so giving up is one line on stderr,
+and builds its app with ``database_prepared=True``: the lifespan neither waits
+nor prepares again. An app built otherwise (tests, embedding) prepares in its
+lifespan, with the same wait.
 """
 
 from __future__ import annotations
@@ -33,15 +44,21 @@ from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.notifications import PostgresCommitListener
 from feedline.chassis.problems import install_problem_handlers
 from feedline.chassis.request_context import RequestContextMiddleware
-from feedline.chassis.settings import ServiceSettings, default_database_url
+from feedline.chassis.settings import (
+    DATABASE_STARTUP_TIMEOUT_SETTING,
+    ServiceSettings,
+    default_database_url,
+)
 from feedline_contracts.database import (
     DATABASE_URL_SETTING,
     Database,
+    DatabaseUnavailableError,
     connect_database,
     missing_sqlite_folder,
     redacted,
     unavailable,
 )
+from feedline_contracts.database_retry import Deadline, retry_database
 
 
 @dataclass
@@ -86,16 +103,31 @@ class ServiceDatabaseError(RuntimeError):
     """The service cannot start on its database; one line says why and what to do."""
 
 
-async def prepare_database(definition: ServiceDefinition, database: Database, url: str) -> None:
+async def prepare_database(
+    definition: ServiceDefinition, database: Database, url: str, *, timeout_seconds: float
+) -> None:
     """Create the tables and claim the event store for this service, or say why not.
 
-    A database whose event store another service owns is refused: the feed
-    would serve that service's events as this one's.
+    A database that cannot be reached yet (connection refused, host not
+    found, starting up, no answer) is retried with backoff and jitter until
+    ``timeout_seconds`` have passed, one warning line per retry; then the
+    one-line reason ends "(gave up after N s; FEEDLINE_DATABASE_STARTUP_TIMEOUT_SECONDS)".
+    What waiting cannot fix fails at once: a login refused, a missing
+    database, and a database whose event store another service owns (the
+    feed would serve that service's events as this one's).
     """
-    try:
+
+    async def prepare() -> None:
         await create_tables(database, definition.metadata)
         async with database.transaction() as connection:
             await claim_event_store(connection, definition.name)
+
+    try:
+        await retry_database(
+            prepare, url, Deadline(timeout_seconds, DATABASE_STARTUP_TIMEOUT_SETTING)
+        )
+    except DatabaseUnavailableError as exc:  # gave up waiting
+        raise ServiceDatabaseError(str(exc)) from exc
     except EventStoreOwnerError as exc:
         raise ServiceDatabaseError(
             f"the database {redacted(url)} holds the event store of {exc.owner}, not of "
@@ -108,18 +140,32 @@ async def prepare_database(definition: ServiceDefinition, database: Database, ur
 
 
 async def check_database(definition: ServiceDefinition, settings: ServiceSettings) -> None:
-    """Before serving: the same start-up work on the database, so a failure is one line."""
+    """Before serving: the start-up work on the database (waiting for it), so a failure is one line.
+
+    ``feedline serve`` calls it before uvicorn starts, then builds its app with
+    ``database_prepared=True`` so that the lifespan does not do it (or wait) again.
+    """
     url = settings.database_url_for(definition.name)
     if (missing := missing_sqlite_folder(url)) is not None:
         raise ServiceDatabaseError(str(missing))
     database = connect_database(url)
     try:
-        await prepare_database(definition, database, url)
+        await prepare_database(
+            definition, database, url, timeout_seconds=settings.database_startup_timeout_seconds
+        )
     finally:
         await database.dispose()
 
 
-def create_app(definition: ServiceDefinition, settings: ServiceSettings) -> FastAPI:
+def create_app(
+    definition: ServiceDefinition, settings: ServiceSettings, *, database_prepared: bool = False
+) -> FastAPI:
+    """The service as an ASGI app; its lifespan prepares the database unless ``database_prepared``.
+
+    ``database_prepared=True``: the caller has already run ``check_database``
+    (``feedline serve``), so start-up goes straight on to the commit listener
+    and the service's own start-up hook.
+    """
     database_url = settings.database_url_for(definition.name)
     database = connect_database(database_url)
     store = EventStore(database)
@@ -133,7 +179,13 @@ def create_app(definition: ServiceDefinition, settings: ServiceSettings) -> Fast
             cleanup.push_async_callback(database.dispose)
             if auth_client is not None:
                 cleanup.push_async_callback(auth_client.aclose)
-            await prepare_database(definition, database, database_url)
+            if not database_prepared:
+                await prepare_database(
+                    definition,
+                    database,
+                    database_url,
+                    timeout_seconds=settings.database_startup_timeout_seconds,
+                )
             if database.dialect == "postgresql":
                 listener = PostgresCommitListener(
                     database.url.asyncpg_dsn, NOTIFY_CHANNEL, store.commits

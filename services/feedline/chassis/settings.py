@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, FeedAuthSetting
 from feedline_contracts.database import DatabaseUrl
 
+# Where the start-up deadline is set; named when a service gives up waiting for its database.
+DATABASE_STARTUP_TIMEOUT_SETTING = "FEEDLINE_DATABASE_STARTUP_TIMEOUT_SECONDS"
+
 
 def default_database_url(service: str) -> str:
     """One SQLite file per service: two services started in one folder share nothing."""
@@ -65,6 +68,18 @@ class ServiceSettings(BaseSettings):
         description=(
             "a long poll (GET /events?wait=) re-checks the database this often even without "
             "a commit notification, so a lost notification only delays an answer this much"
+        ),
+    )
+    # Below the chart's startupProbe budget (failureThreshold 30 x periodSeconds 2 = 60 s in
+    # charts/feedline-service/templates/deployment.yaml): a service that gives up exits with
+    # its one-line reason before kubelet kills it for not starting.
+    database_startup_timeout_seconds: float = Field(
+        default=50,
+        ge=0,
+        le=3600,
+        description=(
+            "at start-up, how long to keep retrying a database that cannot be reached yet "
+            "(connection refused, host not found, starting up) before giving up; 0: no retry"
         ),
     )
     log_level: str = "INFO"

@@ -149,6 +149,7 @@ def check(lay: Layout) -> int:
 
 def push(local_image: str, image: str) -> int:
     print(images.push(local_image, image))
+    images.forget_cached(find_node_binaries()["crictl"], Layout.default().containerd_socket, image)
     return 0
 
 

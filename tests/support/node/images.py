@@ -183,3 +183,27 @@ def push(local_image: str, image: str) -> str:
     if proc.returncode != 0:
         raise ImageError(f"podman push {local_image} {reference} failed:\n{proc.stderr}")
     return reference
+
+
+def forget_cached(crictl: Path, socket: Path, image: str) -> None:
+    """Drop the node's copy of ``image`` (if it has one and runs): pods made
+    after a rebuild pull the new one, where the charts' IfNotPresent would
+    keep the old. Running containers keep theirs."""
+    if not socket.exists():
+        return
+    subprocess.run(
+        [str(crictl), "--runtime-endpoint", f"unix://{socket}", "rmi", qualified(image)],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def qualified(image: str) -> str:
+    """The name containerd stores ``image`` under (docker.io/library/... for short names)."""
+    first, _, rest = image.partition("/")
+    if not rest:
+        return f"docker.io/library/{image}"
+    if "." in first or ":" in first or first == "localhost":
+        return image
+    return f"docker.io/{image}"
