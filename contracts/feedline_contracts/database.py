@@ -175,6 +175,35 @@ def unavailable(
     return _said(url, _diagnose(make_url(url), error), what)
 
 
+# The server went away under an open connection: restarted, crashed, shut
+# down, or the network between dropped it (SQLAlchemy marks what it detects as
+# a disconnect with ``connection_invalidated``).
+_LOST_CONNECTION = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` means the connection itself was lost, not that what was sent failed.
+
+    Work in a transaction on a lost connection did not commit (or, lost during
+    COMMIT, its outcome is whatever the database now holds): it may be redone
+    on a new connection once the state is read back.
+    """
+    for cause in _causes(error):
+        if getattr(cause, "connection_invalidated", False):
+            return True
+        if isinstance(cause, _LOST_CONNECTION):
+            return True
+        if isinstance(cause, asyncpg.InterfaceError) and "closed" in str(cause):
+            return True
+    return False
+
+
 def _said(url: str, diagnosis: Diagnosis, what: str = "database") -> DatabaseUnavailableError:
     reason, advice, transient = diagnosis
     return DatabaseUnavailableError(

@@ -32,6 +32,7 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
+    stop_never,
     wait_random_exponential,
 )
 from tenacity.stop import stop_base
@@ -121,6 +122,27 @@ class Deadline:
         return {"gives_up_in_seconds": round(max(0.0, self.seconds - elapsed), 1)}
 
 
+@dataclass(frozen=True)
+class UntilStopped:
+    """Keep retrying until the caller's stop event is set (a long-running
+    follower waiting for its database, as long as it takes)."""
+
+    def stop(self) -> stop_base:
+        return stop_never
+
+    def bounded(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        return attempt
+
+    def wait(self, first: float) -> Callable[[RetryCallState], float]:
+        return backoff(first)
+
+    def gave_up(self, _state: RetryCallState) -> str:
+        return "stopped"
+
+    def log_fields(self, _state: RetryCallState) -> dict[str, Any]:
+        return {"until": "stopped"}
+
+
 class _StoppedWaitingError(Exception):
     """The stop event was set while waiting to retry."""
 
@@ -128,7 +150,7 @@ class _StoppedWaitingError(Exception):
 async def retry_database(
     attempt: Callable[[], Awaitable[T]],
     url: str,
-    limit: Retries | Deadline,
+    limit: Retries | Deadline | UntilStopped,
     *,
     what: str = "database",
     stop: asyncio.Event | None = None,

@@ -5,6 +5,10 @@ transaction rolls back and the slow path bisects the batch in savepoints to
 find the poison events; each is retried with backoff, then dead-lettered or,
 under the Halt policy, the events before it are committed with the
 checkpoint just before it and :class:`PoisonEventHaltError` ends the run.
+
+A lost database connection is never taken for a poison event: it ends the
+batch at once (nothing of it committed) for the run to reconnect and go on
+from the checkpoint (:mod:`feedline_subscriber.runner`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from feedline_contracts.database import connection_lost
 from feedline_subscriber.checkpoint import CheckpointStore
 from feedline_subscriber.feed_client import Event
 from feedline_subscriber.lock import SubscriptionLock
@@ -99,6 +104,8 @@ class BatchApplier:
                 await self.checkpoints.advance(connection, old, new)
             self.state.processed += len(events)
         except _ProjectionFailedError as failed:
+            if connection_lost(failed.error):
+                raise failed.error from None
             log.warning(
                 "batch failed; isolating the poison event",
                 first=events[0].sequence_number,
@@ -139,7 +146,9 @@ class BatchApplier:
                     await self.projection(events, context)
                 self.state.processed += len(events)
                 return
-            except Exception:
+            except Exception as exc:
+                if connection_lost(exc):
+                    raise
                 middle = len(events) // 2
                 await self._apply_range(context, events[:middle])
                 await self._apply_range(context, events[middle:])
@@ -161,6 +170,8 @@ class BatchApplier:
                 async with context.connection.begin_nested():
                     await self.projection([event], context)
             except Exception as exc:
+                if connection_lost(exc):
+                    raise
                 error = exc
                 log.warning(
                     "event failed",

@@ -11,6 +11,11 @@ subscription's lock. A crash at any point leaves either the old checkpoint
 and none of the batch, or the new checkpoint and all of it; the next run
 starts after the checkpoint.
 
+A lost read-model connection (the database restarted, the network dropped it)
+does not end the run: it reconnects (with the start-up retries and backoff),
+takes the lock again, reads the checkpoint back and goes on from there, up
+to ``--database-retries`` losses in a row without progress.
+
 Throughput: the next page is fetched while the current one is written, so
 the feed's latency and the database's overlap; pages are large and the
 built-in projections write a batch in one or two statements.
@@ -27,7 +32,12 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline_contracts.database import Database, DatabaseUnavailableError, connect_database
+from feedline_contracts.database import (
+    Database,
+    DatabaseUnavailableError,
+    connect_database,
+    connection_lost,
+)
 from feedline_subscriber.batch_applier import BatchApplier, PoisonEventHaltError, describe
 from feedline_subscriber.checkpoint import Checkpoint, CheckpointStore, create_subscriber_tables
 from feedline_subscriber.feed_client import FeedClient
@@ -100,10 +110,44 @@ class SubscriberRun:
 
     async def _locked_run(self) -> Summary:
         self.lock = SubscriptionLock(self.settings.subscription, self.database.dialect)
+        losses = 0
+        while True:
+            position = self.state.position
+            try:
+                refused = await self._connected_pass()
+                break
+            except Exception as exc:
+                if self.state.position != position:
+                    losses = 0  # it got somewhere since the last loss
+                if not connection_lost(exc) or self.stop.is_set():
+                    raise
+                if losses >= self.settings.database_retries:
+                    raise
+                losses += 1
+                log.warning(
+                    "read-model database connection lost; reconnecting",
+                    error=describe(exc),
+                    position=self.state.position,
+                    loss=losses,
+                    losses_allowed=self.settings.database_retries,
+                )
+        if refused is not None:
+            return refused
+        outcome = self.state.progress_outcome()
+        if not self.state.message:
+            lag = self.state.summary(outcome).lag
+            self.state.message = (
+                "caught up" if outcome is Outcome.CAUGHT_UP else f"stopped with lag {lag}"
+            )
+        return self.state.summary(outcome)
+
+    async def _connected_pass(self) -> Summary | None:
+        """Connect, lock, prepare and apply until done; a summary if the lock was refused."""
         async with read_model_connection(
             self.database,
             self.settings.database_url,
-            retry_attempts=self.settings.database_retries,
+            # A follower waits for its database as long as it takes.
+            retry_attempts=None if self.settings.follow else self.settings.database_retries,
             stop=self.stop,
         ) as connection:
             refused = await self._acquire(connection)
@@ -113,13 +157,7 @@ class SubscriberRun:
             async with self.lock.held(connection, self.database):
                 await self._prepare(connection)
                 await self._read_and_apply(connection)
-        outcome = self.state.progress_outcome()
-        if not self.state.message:
-            lag = self.state.summary(outcome).lag
-            self.state.message = (
-                "caught up" if outcome is Outcome.CAUGHT_UP else f"stopped with lag {lag}"
-            )
-        return self.state.summary(outcome)
+        return None
 
     async def _acquire(self, connection: AsyncConnection) -> Summary | None:
         """Take the lock; or the run's summary when it ends without it (locked, or stopped)."""

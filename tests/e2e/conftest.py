@@ -147,6 +147,15 @@ def demo(
         shutil.copytree(CHARTS / chart, charts / chart)
     run.helm("dependency", "build", str(charts / "feedline-demo"))
     values = ["--values", str(CHARTS / "feedline-demo" / "values-node.yaml")] if run.on_node else []
+    # The demo from scratch, as `helm install` makes it (a node of `make
+    # node-up` may hold one from an earlier run, faults and all).
+    run.helm("uninstall", "e2e-demo", "--namespace", DEMO_NAMESPACE, "--ignore-not-found", "--wait")
+    # Its pods too: a StatefulSet of the new release would adopt the old
+    # PostgreSQL pod, data and all, while the garbage collector is at it.
+    run.kubectl(
+        "-n", DEMO_NAMESPACE, "wait", "--for=delete", "pod", "--all", "--timeout=180s",
+        timeout=200,
+    )  # fmt: skip
     began = time.monotonic()
     run.helm(
         "upgrade", "--install", "e2e-demo", str(charts / "feedline-demo"),

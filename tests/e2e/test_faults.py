@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,17 @@ def apply_journal_subscription(demo: Demo, name: str, tmp_path: Path) -> None:
     )
     demo.kubectl("apply", "-f", str(manifest))
     demo.kubectl("wait", "--for=condition=Ready", f"evsub/{name}", "--timeout=120s", timeout=130)
+
+
+@pytest.fixture
+def subscription_name(demo: Demo, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A name no earlier run used (a node of `make node-up` keeps their rows);
+    the subscription is deleted afterwards (helm uninstall must find only the
+    charts' objects)."""
+    prefix = request.node.name.removeprefix("test_").replace("_", "-")[:40]
+    name = f"{prefix}-{uuid.uuid4().hex[:4]}"
+    yield name
+    demo.kubectl("delete", "evsub", name, "--ignore-not-found", "--wait=false")
 
 
 def postgres_pod(demo: Demo) -> str:
@@ -141,7 +152,7 @@ def job_for(demo: Demo, request: str) -> dict[str, Any] | None:
 
 
 def job_finished(demo: Demo, request: str) -> str | None:
-    """``Complete`` or ``Failed`` once the run-now request's Job has finished."""
+    """``Complete`` or ``Failed`` once the run-now request's Job has ended."""
     job = job_for(demo, request) or {}
     for condition in job.get("status", {}).get("conditions") or []:
         if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
@@ -157,9 +168,11 @@ def run_now(demo: Demo, name: str) -> tuple[str, str]:
     return request, asked
 
 
-def run_with_fault(demo: Demo, name: str, fault: Callable[[str], None], tmp_path: Path) -> str:
+def run_with_fault(
+    demo: Demo, name: str, fault: Callable[[str], None], tmp_path: Path
+) -> dict[str, Any]:
     """Backlog, run-now, and ``fault(pod)`` once the journal has rows but not
-    all of them. Returns how the run's Job ended."""
+    all of them. Returns the run's Job once it has ended."""
     apply_journal_subscription(demo, name, tmp_path)
     post_backlog(demo, f"{name} {uuid.uuid4().hex[:6]}")
     total = len(feed_sequence_numbers(demo))
@@ -171,7 +184,8 @@ def run_with_fault(demo: Demo, name: str, fault: Callable[[str], None], tmp_path
     fault(pod)
     assert seen < total, f"the run had finished ({seen} of {total} rows) before the fault"
     print(f"{name}: the fault struck after {seen} of {total} rows")
-    return str(wait_for(lambda: job_finished(demo, request), timeout=240, what="the Job's end"))
+    wait_for(lambda: job_finished(demo, request), timeout=240, what="the Job's end")
+    return job_for(demo, request) or {}
 
 
 def caught_up_since(demo: Demo, name: str, asked: str) -> dict[str, Any]:
@@ -200,32 +214,36 @@ def assert_exactly_once(demo: Demo, name: str, status: dict[str, Any]) -> None:
     assert len(rows) == len(set(rows)) == len(expected)
 
 
-def test_subscriber_pod_force_deleted_mid_run(demo: Demo, tmp_path: Path) -> None:
+def test_subscriber_pod_force_deleted_mid_run(
+    demo: Demo, subscription_name: str, tmp_path: Path
+) -> None:
     """`kubectl delete pod --force --grace-period=0` while the run writes: the
     subscriber stops (SIGTERM: the batch in hand commits or rolls back with its
     checkpoint), the next run resumes from the checkpoint; nothing lost,
     nothing applied twice, status caught up."""
     wait_ready(demo)
-    name = "fault-pod-deleted"
+    name = subscription_name
 
     def force_delete(pod: str) -> None:
         demo.kubectl("delete", "pod", pod, "--force", "--grace-period=0")
 
-    ended = run_with_fault(demo, name, force_delete, tmp_path)
-    print(f"{name}: the run's Job ended {ended}")
+    job = run_with_fault(demo, name, force_delete, tmp_path)
+    print(f"{name}: the run's Job ended {job['status']}")
     # The deleted pod's report is gone with it; the next run (here asked for
     # now rather than at the schedule) finishes the work.
     _, asked = run_now(demo, name)
     assert_exactly_once(demo, name, caught_up_since(demo, name, asked))
 
 
-def test_postgresql_restarted_during_catch_up(demo: Demo, tmp_path: Path) -> None:
+def test_postgresql_restarted_during_catch_up(
+    demo: Demo, subscription_name: str, tmp_path: Path
+) -> None:
     """PostgreSQL crashes (SIGQUIT: immediate shutdown) while a run catches up:
     kubelet restarts its container (the data stays in the pod's volume), and
     the same run retries the database and the feed with backoff and finishes;
     nothing lost, nothing applied twice."""
     wait_ready(demo)
-    name = "fault-postgres-restart"
+    name = subscription_name
     restarts_before = postgres_restarts(demo)
 
     def crash_postgres(_pod: str) -> None:
@@ -234,7 +252,10 @@ def test_postgresql_restarted_during_catch_up(demo: Demo, tmp_path: Path) -> Non
         demo.kubectl("exec", postgres_pod(demo), "--", "sh", "-c", "kill -QUIT 1")
 
     began = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    assert run_with_fault(demo, name, crash_postgres, tmp_path) == "Complete"
+    job = run_with_fault(demo, name, crash_postgres, tmp_path)
+    # The run that met the crash finished it: one pod, no failure, no retry by the Job.
+    assert job["status"].get("succeeded") == 1, job["status"]
+    assert not job["status"].get("failed"), job["status"]
     assert postgres_restarts(demo) > restarts_before, "PostgreSQL's container did not restart"
     assert_exactly_once(demo, name, caught_up_since(demo, name, began))
 
@@ -242,3 +263,51 @@ def test_postgresql_restarted_during_catch_up(demo: Demo, tmp_path: Path) -> Non
 def postgres_restarts(demo: Demo) -> int:
     pod = demo.cluster.kubectl_json("-n", demo.namespace, "get", "pod", postgres_pod(demo))
     return sum(int(c.get("restartCount", 0)) for c in pod["status"]["containerStatuses"])
+
+
+def test_failed_run_is_stalled(demo: Demo, subscription_name: str, tmp_path: Path) -> None:
+    """A run whose feed cannot be reached: its pod fails, and `kubectl get
+    evsub` / `kubectl describe` say so: Stalled=True, lastRun Failed naming the
+    feed, a Warning Event."""
+    name = subscription_name
+    url = "http://no-such-service/events"
+    manifest = tmp_path / f"{name}.yaml"
+    template = demo.cluster.kubectl_json(
+        "-n", demo.namespace, "get", "evsub", "loyalty-special-offers"
+    )["spec"]
+    spec: dict[str, Any] = {
+        "feed": {"url": url, "retryAttempts": 0},
+        "mode": "CronJob",
+        "schedule": "0 0 1 1 *",
+        "readModel": {
+            "databaseSecretRef": {
+                "name": template["readModel"]["databaseSecretRef"]["name"],
+                "key": "read-models",
+            },
+            "projection": JOURNAL,
+        },
+    }
+    if "subscriber" in template:
+        spec["subscriber"] = template["subscriber"]
+    body = {
+        "apiVersion": "feedline.dev/v1alpha1",
+        "kind": "EventSubscription",
+        "metadata": {"name": name, "annotations": {"feedline.dev/run-now": "first"}},
+        "spec": spec,
+    }
+    manifest.write_text(yaml.safe_dump(body))
+    demo.kubectl("apply", "-f", str(manifest))
+
+    def stalled() -> dict[str, Any] | None:
+        status = evsub_status(demo, name)
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
+        return status if conditions.get("Stalled", {}).get("status") == "True" else None
+
+    status = wait_for(stalled, timeout=120, interval=1, what=f"{name} Stalled")
+    assert status["lastRun"]["outcome"] == "Failed", status
+    assert "no-such-service" in status["lastRun"]["message"], status
+    events = demo.cluster.kubectl_json(
+        "-n", demo.namespace, "get", "events",
+        "--field-selector", f"involvedObject.name={name},type=Warning",
+    )["items"]  # fmt: skip
+    assert any(e["reason"] == "RunFailed" for e in events), events
