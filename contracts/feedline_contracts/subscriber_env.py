@@ -41,5 +41,9 @@ FEED_WAIT_SECONDS: Final = "FEEDLINE_FEED_WAIT_SECONDS"  # follow mode: long-pol
 FEED_RETRY_ATTEMPTS: Final = "FEEDLINE_FEED_RETRY_ATTEMPTS"  # transient feed errors: retries
 # The read-model database unreachable at the start of a run: retries.
 DATABASE_RETRIES: Final = "FEEDLINE_DATABASE_RETRIES"
+# Its default: with full jitter under a cap doubling from 0.5 s to 10 s, about
+# 80 s of waiting on average (rarely under 45 s), enough for a database that a
+# fresh `helm install` starts beside the first CronJob run.
+DEFAULT_DATABASE_RETRIES: Final = 20
 
 DEFAULT_SERVICEACCOUNT_TOKEN_FILE: Final = "/var/run/secrets/feedline/token"

@@ -108,7 +108,7 @@ class SubscriberSettings(BaseSettings):
         default=8, ge=0, le=100, validation_alias=env.FEED_RETRY_ATTEMPTS
     )
     database_retries: int = Field(
-        default=8,
+        default=env.DEFAULT_DATABASE_RETRIES,
         ge=0,
         le=100,
         validation_alias=env.DATABASE_RETRIES,

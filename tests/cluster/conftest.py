@@ -1,5 +1,7 @@
 """Fixtures for the cluster tier: a real control plane (or FEEDLINE_TEST_KUBECONFIG),
-an API client, a fresh namespace per test, and the test-only node agent."""
+an API client and a fresh namespace per test. Our control plane runs no kubelet
+and no scheduler: pods are created and admitted but never run (the e2e tier, on
+a real node, runs them)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from tests.support.kube.cluster import (
     namespace_name,
     open_cluster,
 )
-from tests.support.kube.node_agent import NodeAgent
 
 _CLUSTER_KEY = pytest.StashKey[Cluster]()
 
@@ -54,21 +55,6 @@ def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> Ite
     name = create_namespace(kube_api, namespace_name(request.node.name))
     yield name
     delete_namespace(kube_api, name)
-
-
-@pytest.fixture(scope="session")
-def node_agent(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[NodeAgent | None]:
-    """Runs pods as local processes; None on an external cluster (its kubelets do)."""
-    if cluster.external:
-        yield None
-        return
-    # Its own ApiClient: it is used from the agent's threads.
-    api = api_client(cluster.kubeconfig)
-    with NodeAgent(api, tmp_path_factory.mktemp("node-agent")) as agent:
-        yield agent
-    apis.close(api)
 
 
 @pytest.fixture(scope="session")

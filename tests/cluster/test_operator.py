@@ -337,9 +337,12 @@ def _run_now_creates_a_job_and_clears_the_annotation(
         {"metadata": {"annotations": {"feedline.dev/run-now": "first"}}},
     )  # fmt: skip
     selector = "feedline.dev/subscription=s"
+    # Within 5 s (docs/eventsubscription.md: "within seconds"); the resync timer
+    # is 600 s here, so only the annotation's own update can start the Job.
     jobs = wait_for(
         lambda: apis.batch(kube_api).list_namespaced_job(namespace, label_selector=selector).items,
-        timeout=20,
+        timeout=5,
+        interval=0.1,
         what="run-now Job",
     )
     assert len(jobs) == 1
@@ -353,36 +356,6 @@ def _run_now_creates_a_job_and_clears_the_annotation(
         ),
         timeout=20,
         what="annotation cleared",
-    )
-
-
-def _subscriber_summary_failed(kube_api: client.ApiClient, namespace: str) -> dict[str, Any]:
-    return wait_condition(kube_api, namespace, "s", "Stalled", "True", timeout=60)
-
-
-def test_failed_run_marks_the_subscription_stalled(
-    kube_api: client.ApiClient,
-    namespace: str,
-    operator: OperatorThread,
-    node_agent: object,
-    tmp_path: Path,
-) -> None:
-    """A run against a feed that cannot be reached: pod Failed, Stalled=True, a Warning."""
-    apis.core(kube_api).create_namespaced_secret(
-        namespace,
-        {"metadata": {"name": "read-model"}, "stringData": {"dsn": f"sqlite:///{tmp_path}/r.db"}},
-    )
-    body = subscription("s", feed={"url": "http://127.0.0.1:9/events"})
-    body["metadata"]["annotations"] = {"feedline.dev/run-now": "go"}
-    body["spec"]["feed"]["retryAttempts"] = 0
-    create(kube_api, namespace, body)
-    stalled = _subscriber_summary_failed(kube_api, namespace)
-    assert stalled["status"]["lastRun"]["outcome"] == "Failed"
-    assert condition(stalled, "Stalled")["message"]
-    wait_for(
-        lambda: any(e.reason == "RunFailed" for e in warning_events(kube_api, namespace, "s")),
-        timeout=20,
-        what="Warning Event RunFailed",
     )
 
 

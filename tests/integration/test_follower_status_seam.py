@@ -9,11 +9,14 @@ read over a pod IP.
 
 from __future__ import annotations
 
+import functools
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from feedline_operator import status
 from feedline_operator.observation import first_follower_run
 from feedline_operator.status import Run
 from tests.support.ports import free_port
@@ -22,6 +25,8 @@ from tests.support.subscriber_process import LOYALTY, start_subscriber, subscrib
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_the_operator_reads_a_real_followers_summary(tmp_path: Path) -> None:
@@ -55,11 +60,23 @@ def test_the_operator_reads_a_real_followers_summary(tmp_path: Path) -> None:
             assert run.name == "seam-7d9f-x2"
             assert (run.position, run.head, run.lag) == (3, 3, 0)
             assert run.outcome == "CaughtUp"
+            # What the operator writes into status from it.
+            current = status.with_run({}, run, generation=1, now=NOW)
+            assert current["position"] == 3
 
-            created = httpx.post(f"{base_url}/offers", json={"description": "one more"})
-            assert created.status_code == 201
-            run = wait_for(lambda: reported_at(4), what="the operator to read position 4")
-            assert (run.head, run.lag, run.processed) == (4, 0, 4)
+            # Each new event moves the status on, while the same pod keeps running.
+            for position in (4, 5):
+                created = httpx.post(f"{base_url}/offers", json={"description": f"#{position}"})
+                assert created.status_code == 201
+                run = wait_for(
+                    functools.partial(reported_at, position),
+                    what=f"the operator to read {position}",
+                )
+                assert (run.head, run.lag, run.processed) == (position, 0, position)
+                assert run.completion_time is None  # a follower never completes
+                assert status.is_newer(run, current), "a running follower's report is news"
+                current = status.with_run(current, run, generation=1, now=NOW)
+                assert (current["position"], current["lag"]) == (position, 0)
         finally:
             follower.kill()
             follower.wait()

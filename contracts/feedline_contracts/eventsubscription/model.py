@@ -236,7 +236,8 @@ class ReadModel(_Model):
         description=(
             "Retries of a read-model database that cannot be reached yet (connection "
             "refused, host not found, starting up) before the run fails (the subscriber's "
-            "default is 8)."
+            f"default is {subscriber_env.DEFAULT_DATABASE_RETRIES}; a follower waits until "
+            "stopped)."
         ),
         ge=0,
         le=100,

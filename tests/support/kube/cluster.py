@@ -1,8 +1,8 @@
 """The cluster the tests talk to: our own control plane, or an external one.
 
 With FEEDLINE_TEST_KUBECONFIG set (e.g. a kind cluster's kubeconfig), nothing
-is started and the same tests run against that cluster; its own kubelets and
-scheduler run the pods, so no node agent is started either.
+is started and the same tests run against that cluster (its own kubelets and
+scheduler may run the pods the tests create; the tests do not rely on it).
 """
 
 from __future__ import annotations

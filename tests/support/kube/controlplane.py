@@ -1,7 +1,8 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and
 kube-controller-manager, started from the binaries `make controlplane` builds.
 
-No kubelet and no scheduler run: `node_agent.py` binds and runs pods for tests.
+No kubelet and no scheduler run: pods are created and admitted, never run (the
+e2e tier runs them on a real node).
 `ControlPlaneOptions` adapt it for a real node beside it (tests/support/node):
 another address, a fixed port, every controller, a real `kubernetes` endpoint.
 """
