@@ -35,41 +35,43 @@ RUN_NOW_REQUEST = "feedline.dev/run-now-request"  # on the Job a request made
 DATABASE = "read_models"  # the demo's database for subscribers' read models
 
 
-def apply_journal_subscription(demo: Demo, name: str, tmp_path: Path) -> None:
-    """A CronJob subscription (run only on request) writing the special-offers
-    feed into the journal, one event per batch: the demo's own feed and auth."""
+def apply_journal_subscription(
+    demo: Demo,
+    name: str,
+    tmp_path: Path,
+    *,
+    feed: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+    **spec: Any,
+) -> None:
+    """A CronJob subscription (yearly: it runs on request) writing a feed into
+    the journal, in the demo's read-models database; by default the demo's own
+    special-offers feed and auth."""
     template = demo.cluster.kubectl_json(
         "-n", demo.namespace, "get", "evsub", "loyalty-special-offers"
     )["spec"]
-    spec: dict[str, Any] = {
-        "feed": template["feed"],
-        "mode": "CronJob",
-        "schedule": "0 0 1 1 *",
-        "readModel": {
-            "databaseSecretRef": {
-                "name": template["readModel"]["databaseSecretRef"]["name"],
-                "key": "read-models",
+    body: dict[str, Any] = {
+        "apiVersion": "feedline.dev/v1alpha1",
+        "kind": "EventSubscription",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "spec": {
+            "feed": feed or template["feed"],
+            "mode": "CronJob",
+            "schedule": "0 0 1 1 *",
+            "readModel": {
+                "databaseSecretRef": {
+                    "name": template["readModel"]["databaseSecretRef"]["name"],
+                    "key": "read-models",
+                },
+                "projection": JOURNAL,
             },
-            "projection": JOURNAL,
+            **({"subscriber": template["subscriber"]} if "subscriber" in template else {}),
+            **spec,
         },
-        "batchSize": 1,
-        "onPoisonEvent": "Halt",
     }
-    if "subscriber" in template:
-        spec["subscriber"] = template["subscriber"]
     manifest = tmp_path / f"{name}.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "feedline.dev/v1alpha1",
-                "kind": "EventSubscription",
-                "metadata": {"name": name},
-                "spec": spec,
-            }
-        )
-    )
+    manifest.write_text(yaml.safe_dump(body))
     demo.kubectl("apply", "-f", str(manifest))
-    demo.kubectl("wait", "--for=condition=Ready", f"evsub/{name}", "--timeout=120s", timeout=130)
 
 
 @pytest.fixture
@@ -173,7 +175,9 @@ def run_with_fault(
 ) -> dict[str, Any]:
     """Backlog, run-now, and ``fault(pod)`` once the journal has rows but not
     all of them. Returns the run's Job once it has ended."""
-    apply_journal_subscription(demo, name, tmp_path)
+    # One event per batch (a feed page and a transaction each): the run lasts seconds.
+    apply_journal_subscription(demo, name, tmp_path, batchSize=1, onPoisonEvent="Halt")
+    demo.kubectl("wait", "--for=condition=Ready", f"evsub/{name}", "--timeout=120s", timeout=130)
     post_backlog(demo, f"{name} {uuid.uuid4().hex[:6]}")
     total = len(feed_sequence_numbers(demo))
     request, _ = run_now(demo, name)
@@ -270,33 +274,13 @@ def test_failed_run_is_stalled(demo: Demo, subscription_name: str, tmp_path: Pat
     evsub` / `kubectl describe` say so: Stalled=True, lastRun Failed naming the
     feed, a Warning Event."""
     name = subscription_name
-    url = "http://no-such-service/events"
-    manifest = tmp_path / f"{name}.yaml"
-    template = demo.cluster.kubectl_json(
-        "-n", demo.namespace, "get", "evsub", "loyalty-special-offers"
-    )["spec"]
-    spec: dict[str, Any] = {
-        "feed": {"url": url, "retryAttempts": 0},
-        "mode": "CronJob",
-        "schedule": "0 0 1 1 *",
-        "readModel": {
-            "databaseSecretRef": {
-                "name": template["readModel"]["databaseSecretRef"]["name"],
-                "key": "read-models",
-            },
-            "projection": JOURNAL,
-        },
-    }
-    if "subscriber" in template:
-        spec["subscriber"] = template["subscriber"]
-    body = {
-        "apiVersion": "feedline.dev/v1alpha1",
-        "kind": "EventSubscription",
-        "metadata": {"name": name, "annotations": {"feedline.dev/run-now": "first"}},
-        "spec": spec,
-    }
-    manifest.write_text(yaml.safe_dump(body))
-    demo.kubectl("apply", "-f", str(manifest))
+    apply_journal_subscription(
+        demo,
+        name,
+        tmp_path,
+        feed={"url": "http://no-such-service/events", "retryAttempts": 0},
+        annotations={"feedline.dev/run-now": "first"},
+    )
 
     def stalled() -> dict[str, Any] | None:
         status = evsub_status(demo, name)

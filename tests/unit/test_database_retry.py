@@ -14,26 +14,12 @@ from feedline.chassis.settings import DATABASE_STARTUP_TIMEOUT_SETTING, ServiceS
 from feedline_contracts import database_retry
 from feedline_contracts.database import DatabaseUnavailableError
 from feedline_contracts.database_retry import Deadline, Retries, backoff, retry_database
+from tests.support.flaky import FlakyAttempt
 
 pytestmark = pytest.mark.unit
 
 DOWN = "postgresql://offers:s3cret@db.example:5432/offers"
 REFUSED = ConnectionRefusedError(111, "Connect call failed")
-
-
-class FlakyConnect:
-    """An attempt that fails ``failures`` times with ``error``, then succeeds."""
-
-    def __init__(self, failures: int, error: Exception) -> None:
-        self.failures = failures
-        self.error = error
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.error
-        return "prepared"
 
 
 def test_the_backoff_doubles_from_half_a_second_up_to_ten() -> None:
@@ -51,14 +37,14 @@ def test_services_wait_below_the_charts_startup_probe_budget_by_default() -> Non
 
 
 async def test_a_database_that_comes_up_before_the_deadline_is_used() -> None:
-    attempt = FlakyConnect(3, REFUSED)
+    attempt = FlakyAttempt(3, REFUSED, result="prepared")
     deadline = Deadline(30, DATABASE_STARTUP_TIMEOUT_SETTING)
     got = await retry_database(attempt, DOWN, deadline, first_backoff=0.001)
     assert (got, attempt.calls) == ("prepared", 4)
 
 
 async def test_the_deadline_gives_up_naming_the_setting_after_it_has_passed() -> None:
-    attempt = FlakyConnect(10**6, REFUSED)
+    attempt = FlakyAttempt(10**6, REFUSED, result="prepared")
     deadline = Deadline(0.5, DATABASE_STARTUP_TIMEOUT_SETTING)
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailableError) as raised:
@@ -77,7 +63,7 @@ async def test_the_deadline_gives_up_naming_the_setting_after_it_has_passed() ->
 async def test_a_wait_longer_than_the_time_left_is_cut_to_the_deadline() -> None:
     # The first wait could be up to a minute; the deadline comes first, and one more
     # attempt is made on it before giving up.
-    attempt = FlakyConnect(10**6, REFUSED)
+    attempt = FlakyAttempt(10**6, REFUSED, result="prepared")
     deadline = Deadline(0.2, DATABASE_STARTUP_TIMEOUT_SETTING)
     task = asyncio.create_task(retry_database(attempt, DOWN, deadline, first_backoff=60))
     with pytest.raises(DatabaseUnavailableError, match=r"gave up after 0\.2 s"):
@@ -86,7 +72,7 @@ async def test_a_wait_longer_than_the_time_left_is_cut_to_the_deadline() -> None
 
 
 async def test_a_zero_deadline_tries_once() -> None:
-    attempt = FlakyConnect(10**6, REFUSED)
+    attempt = FlakyAttempt(10**6, REFUSED, result="prepared")
     with pytest.raises(DatabaseUnavailableError, match=r"gave up after 0 s"):
         await retry_database(attempt, DOWN, Deadline(0, DATABASE_STARTUP_TIMEOUT_SETTING))
     assert attempt.calls == 1
@@ -94,21 +80,23 @@ async def test_a_zero_deadline_tries_once() -> None:
 
 async def test_what_waiting_cannot_fix_propagates_at_once_unchanged(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'offers.db'}"
-    attempt = FlakyConnect(10, sqlite3.OperationalError("unable to open database file"))
+    attempt = FlakyAttempt(
+        10, sqlite3.OperationalError("unable to open database file"), result="prepared"
+    )
     with pytest.raises(sqlite3.OperationalError):
         await retry_database(attempt, url, Deadline(60, DATABASE_STARTUP_TIMEOUT_SETTING))
     assert attempt.calls == 1
 
 
 async def test_an_error_of_the_callers_own_is_not_retried() -> None:
-    attempt = FlakyConnect(10, KeyError("not a database problem"))
+    attempt = FlakyAttempt(10, KeyError("not a database problem"), result="prepared")
     with pytest.raises(KeyError):
         await retry_database(attempt, DOWN, Retries(5, "--retries"), first_backoff=0.001)
     assert attempt.calls == 1
 
 
 async def test_retries_count_the_retries_in_the_message() -> None:
-    attempt = FlakyConnect(10, REFUSED)
+    attempt = FlakyAttempt(10, REFUSED, result="prepared")
     with pytest.raises(DatabaseUnavailableError) as raised:
         await retry_database(
             attempt, DOWN, Retries(2, "--retries (R)"), what="thing", first_backoff=0.001

@@ -26,6 +26,7 @@ from feedline_subscriber.projections.upsert import InvalidDocumentEventError, fo
 from feedline_subscriber.read_model import connect_with_retries
 from feedline_subscriber.runner import SubscriberRun, run_subscription
 from feedline_subscriber.summary import TERMINATION_MESSAGE_LIMIT, Outcome, Summary
+from tests.support.flaky import FlakyAttempt
 from tests.support.subscriber_faults import parse_fault_plan
 
 pytestmark = pytest.mark.unit
@@ -205,32 +206,21 @@ def test_no_fault_injection_ships() -> None:
     assert offenders == []
 
 
-class FlakyConnect:
-    """A connect() that fails ``failures`` times with ``error``, then succeeds."""
-
-    def __init__(self, failures: int, error: Exception) -> None:
-        self.failures = failures
-        self.error = error
-        self.calls = 0
-
-    async def __call__(self) -> str:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise self.error
-        return "connection"
-
-
 DOWN = "postgresql://reader:s3cret@db.example:5432/read_models"
 
 
 async def test_a_read_model_database_that_refuses_connections_is_retried() -> None:
-    connect = FlakyConnect(2, ConnectionRefusedError(111, "Connect call failed"))
+    connect = FlakyAttempt(
+        2, ConnectionRefusedError(111, "Connect call failed"), result="connection"
+    )
     got = await connect_with_retries(connect, DOWN, retry_attempts=3, first_backoff=0.001)
     assert (got, connect.calls) == ("connection", 3)
 
 
 async def test_the_retries_end_naming_the_database_without_its_password() -> None:
-    connect = FlakyConnect(10, ConnectionRefusedError(111, "Connect call failed"))
+    connect = FlakyAttempt(
+        10, ConnectionRefusedError(111, "Connect call failed"), result="connection"
+    )
     with pytest.raises(DatabaseUnavailableError) as raised:
         await connect_with_retries(connect, DOWN, retry_attempts=2, first_backoff=0.001)
     assert connect.calls == 3
@@ -247,7 +237,9 @@ async def test_the_retries_end_naming_the_database_without_its_password() -> Non
 
 async def test_what_waiting_cannot_fix_is_not_retried(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'rm.db'}"
-    connect = FlakyConnect(10, sqlite3.OperationalError("unable to open database file"))
+    connect = FlakyAttempt(
+        10, sqlite3.OperationalError("unable to open database file"), result="connection"
+    )
     with pytest.raises(DatabaseUnavailableError, match=r"folder .*missing does not exist"):
         await connect_with_retries(connect, url, retry_attempts=5, first_backoff=0.001)
     assert connect.calls == 1
@@ -256,7 +248,9 @@ async def test_what_waiting_cannot_fix_is_not_retried(tmp_path: Path) -> None:
 async def test_a_stop_ends_the_wait_between_retries() -> None:
     stop = asyncio.Event()
     stop.set()
-    connect = FlakyConnect(10, ConnectionRefusedError(111, "Connect call failed"))
+    connect = FlakyAttempt(
+        10, ConnectionRefusedError(111, "Connect call failed"), result="connection"
+    )
     with pytest.raises(DatabaseUnavailableError, match="stopped while waiting to retry"):
         await connect_with_retries(connect, DOWN, retry_attempts=5, stop=stop, first_backoff=30)
     assert connect.calls == 1
