@@ -32,6 +32,10 @@ CRD_FILES := charts/feedline-operator/crds/eventsubscriptions.feedline.dev.yaml 
 crd: install ## Generate the EventSubscription CRD (chart + package copy) from its model
 	$(PY) -m feedline_contracts.eventsubscription.crd $(CRD_FILES)
 
+.PHONY: proto
+proto: install ## Generate the gRPC feed's Python code (feedline_contracts.feed_v1) from proto/
+	$(PY) -m feedline_contracts.feed_v1.generate
+
 .PHONY: format
 format: install ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from feedline_operator.command import operator
 from feedline_subscriber.command import subscribe
+
+if TYPE_CHECKING:
+    from typer._click.core import Context as ClickContext  # typer's own copy of click
 
 app = typer.Typer(
     name="feedline",
@@ -55,7 +59,7 @@ class ServiceName(StrEnum):
 DATABASE_UNUSABLE = 3
 
 # The settings `feedline serve` also takes as flags; the others are variables only.
-SERVE_FLAGS = {"database_url": "--database-url"}
+SERVE_FLAGS = {"database_url": "--database-url", "grpc_port": "--grpc-port"}
 
 
 def settings_error(exc: ValidationError) -> typer.BadParameter:
@@ -86,6 +90,16 @@ def serve(
             show_default="sqlite:///SERVICE.db, one file per service in the working folder",
         ),
     ] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="FEEDLINE_GRPC_PORT",
+            min=0,
+            max=65535,
+            help="also serve the gRPC event feed on this port, same address (0: a free port)",
+            show_default="no gRPC",
+        ),
+    ] = None,
 ) -> None:
     """Run one service: its commands and queries, its event feed, health and metrics.
 
@@ -104,7 +118,10 @@ def serve(
     from feedline.chassis.settings import ServiceSettings
     from feedline.services.registry import DEFAULT_PORTS, SERVICES
 
-    overrides = {"database_url": database_url} if database_url else {}
+    overrides: dict[str, object] = {"database_url": database_url} if database_url else {}
+    if grpc_port is not None:
+        overrides["grpc_port"] = grpc_port
+    overrides["grpc_host"] = host  # the gRPC feed listens where HTTP does
     try:
         settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -122,21 +139,54 @@ def serve(
     except ServiceDatabaseError as exc:
         typer.echo(f"feedline serve: {exc}", err=True)
         raise typer.Exit(DATABASE_UNUSABLE) from None
-    uvicorn.run(
-        application,
-        host=host,
-        port=port or DEFAULT_PORTS[service.value],
-        log_config=None,
-        access_log=False,  # the chassis logs each request as JSON with its ids
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        uvicorn.run(
+            application,
+            host=host,
+            port=port or DEFAULT_PORTS[service.value],
+            log_config=None,
+            access_log=False,  # the chassis logs each request as JSON with its ids
+            timeout_graceful_shutdown=5,
+        )
+    except SystemExit:
+        # Start-up failed; the gRPC port taken is "could not listen", like HTTP's.
+        listen_error = getattr(application.state, "listen_error", None)
+        if listen_error is None:
+            raise
+        typer.echo(f"feedline serve: {listen_error}", err=True)
+        raise typer.Exit(1) from None
 
 
 app.command("subscribe")(subscribe)
 app.command("operator")(operator)
 
 
-@app.command()
+class DevGroup(TyperGroup):
+    """`feedline dev [DIR]` runs a folder; `feedline dev run-now NAME` asks the running one.
+
+    Whatever does not start with a subcommand's name (a folder, an option,
+    nothing, ``--help``) goes to the default command, ``up``: ``feedline dev
+    examples/local`` is ``feedline dev up examples/local``.
+    """
+
+    default_command = "up"
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+dev_app = typer.Typer(
+    cls=DevGroup,
+    help="Run the example services and every EventSubscription of DIR locally (no Kubernetes).",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev_app, name="dev")
+
+
+@dev_app.command("up")
 def dev(
     directory: Annotated[
         str,
@@ -173,7 +223,8 @@ def dev(
         bool,
         typer.Option(
             "--run-now",
-            help="run every CronJob subscription at start-up too (later: kill -USR1 <pid>)",
+            help="run every CronJob subscription at start-up too "
+            "(later: feedline dev run-now NAME [DIR], or kill -USR1 PID for all)",
         ),
     ] = False,
     output: Annotated[
@@ -192,14 +243,19 @@ def dev(
 
     SQLite databases; each subscriber runs the pod spec the operator would render,
     on its schedule (CronJob) or all the time (Follow). Shows position and lag.
-    Ctrl-C or SIGTERM stops everything. See docs/local-mode.md.
+    A service or follower that crashes is reported and restarted. Ctrl-C or
+    SIGTERM stops everything. `feedline dev run-now NAME [DIR]` (another
+    terminal) runs a CronJob subscription now. Exit codes: 0 stopped; 1 a
+    service did not start, a --once run failed, or a crashed process was not
+    back up at the end; 2 bad flags, bad manifests, or no EventSubscription in
+    DIR. See docs/local-mode.md.
     """
     from pathlib import Path
 
     from rich.console import Console
 
     from feedline.dev.main import DevOptions, load, run
-    from feedline.dev.manifests import ManifestError
+    from feedline.dev.manifests import FolderError, ManifestError
 
     if output not in ("table", "json"):
         raise typer.BadParameter(
@@ -223,9 +279,48 @@ def dev(
     try:
         folder, layout = load(options, Console(stderr=True))
     except ManifestError as exc:
-        typer.echo(f"feedline dev: {exc}", err=True)
+        for line in exc.lines():
+            typer.echo(f"feedline dev: {line}", err=True)
+        if isinstance(exc, FolderError) and len(exc.lines()) > 1:
+            typer.echo(f"feedline dev: {len(exc.lines())} problems; nothing started", err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(run(options, folder, layout))
+
+
+@dev_app.command("run-now")
+def dev_run_now(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="the EventSubscription to run now")],
+    directory: Annotated[
+        str,
+        typer.Argument(metavar="DIR", help="the folder the running feedline dev was given"),
+    ] = ".",
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="the --state-dir the running feedline dev was given",
+            show_default="DIR/.feedline-dev",
+        ),
+    ] = None,
+) -> None:
+    """Ask the running `feedline dev DIR` to run a CronJob subscription now.
+
+    It finds that feedline dev through STATE/control.json (its pid, a loopback
+    URL and a token) and prints its answer: the run started, or starts when the
+    running one ends. Exit codes: 0 asked; 1 no feedline dev runs DIR, or it
+    refused (no such subscription, Follow mode, suspended).
+    """
+    from pathlib import Path
+
+    from feedline.dev.control import ControlError, ask_run_now
+    from feedline.dev.plan import default_state_dir
+
+    state = Path(state_dir) if state_dir else default_state_dir(Path(directory))
+    try:
+        answer = ask_run_now(state, name)
+    except ControlError as exc:
+        typer.echo(f"feedline dev run-now: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(answer)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ Follow mode; the status shows position and lag; SIGTERM leaves no process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -77,7 +78,7 @@ class Dev:
         return self.output.read_text(errors="replace")
 
 
-def _copy_example(tmp_path: Path, mode: str = "CronJob") -> Path:
+def copy_example(tmp_path: Path, mode: str = "CronJob") -> Path:
     folder = tmp_path / "examples-copy"
     shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns(".feedline-dev"))
     if mode == "Follow":
@@ -87,8 +88,9 @@ def _copy_example(tmp_path: Path, mode: str = "CronJob") -> Path:
     return folder
 
 
-@pytest.fixture
-def start_dev(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
+@contextlib.contextmanager
+def dev_starter(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
+    """``start(folder, *args) -> Dev``: `feedline dev` as a subprocess; killed at the end."""
     started: list[Dev] = []
 
     def start(folder: Path, *args: str) -> Dev:
@@ -105,11 +107,19 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
         started.append(dev)
         return dev
 
-    yield start
-    for dev in started:
-        if dev.process.poll() is None:
-            dev.process.kill()
-            dev.process.wait()
+    try:
+        yield start
+    finally:
+        for dev in started:
+            if dev.process.poll() is None:
+                dev.process.kill()
+                dev.process.wait()
+
+
+@pytest.fixture
+def start_dev(tmp_path: Path) -> Iterator[Callable[..., Dev]]:
+    with dev_starter(tmp_path) as start:
+        yield start
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -148,7 +158,7 @@ def _register_user(http: httpx.Client, dev: Dev) -> int:
     return user_id
 
 
-def _ready(dev: Dev) -> bool:
+def services_ready(dev: Dev) -> bool:
     if dev.process.poll() is not None:
         raise AssertionError(f"feedline dev exited with {dev.process.returncode}:\n{dev.log()}")
     return "services ready" in dev.log()
@@ -157,9 +167,9 @@ def _ready(dev: Dev) -> bool:
 def test_cronjob_mode_run_now_then_status_and_once(
     tmp_path: Path, start_dev: Callable[..., Dev]
 ) -> None:
-    folder = _copy_example(tmp_path)
+    folder = copy_example(tmp_path)
     dev = start_dev(folder, "--run-now")
-    wait_for(lambda: _ready(dev), what="the services")
+    wait_for(lambda: services_ready(dev), what="the services")
     # --run-now: the first run starts at once (the schedule is every minute), on an empty feed.
     first = wait_for(
         lambda: (s := dev.status()) and s["runs"] >= 1 and s, what="the run-now run", timeout=30
@@ -210,9 +220,9 @@ def test_cronjob_mode_run_now_then_status_and_once(
 def test_follow_mode_fills_the_read_model_continuously(
     tmp_path: Path, start_dev: Callable[..., Dev]
 ) -> None:
-    folder = _copy_example(tmp_path, mode="Follow")
+    folder = copy_example(tmp_path, mode="Follow")
     dev = start_dev(folder, "--service", "special-offers", "--service", "loyalty-program")
-    wait_for(lambda: _ready(dev), what="the services")
+    wait_for(lambda: services_ready(dev), what="the services")
     wait_for(lambda: (s := dev.status()) and s["state"] == "Following", what="the follower")
     with httpx.Client(timeout=10) as http:
         user = _register_user(http, dev)
@@ -244,7 +254,7 @@ def test_follow_mode_fills_the_read_model_continuously(
 
 
 def test_once_reports_a_failed_run_and_exits_1(tmp_path: Path) -> None:
-    folder = _copy_example(tmp_path)
+    folder = copy_example(tmp_path)
     manifest = folder / f"{SUBSCRIPTION}.yaml"
     manifest.write_text(
         manifest.read_text().replace(

@@ -12,7 +12,6 @@ from feedline.dev import plan
 from feedline.dev.manifests import Folder, LoadedSubscription, Secret, Source
 from feedline.dev.plan import Layout
 from feedline.dev.schedule import next_run
-from feedline.dev.status import SubscriptionStatus, render_table
 from feedline.dev.supervisor import base_environment
 from feedline_contracts import subscriber_env as env
 from feedline_contracts.eventsubscription import EventSubscription
@@ -182,19 +181,3 @@ def test_next_run() -> None:
         2026, 3, 1, 11, 0, tzinfo=UTC
     )
     assert next_run("@hourly", now, "UTC") == datetime(2026, 3, 1, 11, 0, tzinfo=UTC)
-
-
-def test_status_table_shows_position_and_lag() -> None:
-    status = SubscriptionStatus("loyalty", "CronJob", "http://x/events", "* * * * *", False)
-    status.update({"outcome": "CaughtUp", "position": 7, "head": 9, "lag": 2, "processed": 7})
-    assert "position=7 head=9 lag=2" in status.line()
-    from rich.console import Console
-
-    console = Console(width=200, record=True)
-    console.print(render_table([status], {"special-offers": "http://127.0.0.1:8001"}))
-    text = console.export_text()
-    assert "POSITION" in text
-    assert "LAG" in text
-    row = next(line for line in text.splitlines() if "loyalty" in line)
-    cells = [cell.strip() for cell in row.split("│")[1:-1]]
-    assert cells[5:8] == ["7", "9", "2"]

@@ -5,6 +5,10 @@ the feed (``/events``), health, ``/metrics``, JSON logs with request and trace
 ids, problem+json errors and feed auth. A service adds its own routers and
 tables through a ``ServiceDefinition``.
 
+With ``FEEDLINE_GRPC_PORT`` set, the lifespan also serves the gRPC feed
+(``grpc_feed.py``) on that port, from the same event store, commit listener
+and authorizer; it stops first at shutdown.
+
 Start-up and the database: the database is prepared once (reached, tables
 created, event store claimed), before the HTTP server listens. A database not
 reachable yet (a fresh ``helm install`` starts it beside the service) is
@@ -39,6 +43,7 @@ from feedline.chassis.eventstore import (
     event_store_metadata,
 )
 from feedline.chassis.feed import feed_router
+from feedline.chassis.grpc_feed import create_grpc_feed
 from feedline.chassis.health import health_router
 from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.notifications import PostgresCommitListener
@@ -196,6 +201,24 @@ def create_app(
                 await definition.on_startup(context)
             for client in context.clients.values():
                 cleanup.push_async_callback(client.aclose)
+            if settings.grpc_port is not None:
+                # The same store, commit signal (and listener) and authorizer as the HTTP feed.
+                grpc_feed = create_grpc_feed(
+                    store,
+                    authorize,
+                    metrics,
+                    host=settings.grpc_host,
+                    port=settings.grpc_port,
+                    recheck_seconds=settings.long_poll_recheck_seconds,
+                )
+                try:
+                    await grpc_feed.start()
+                except OSError as exc:  # `feedline serve` says it in one line and exits 1
+                    _app.state.listen_error = str(exc)
+                    raise
+                # Stopped first at shutdown: its streams end before the database goes.
+                cleanup.push_async_callback(grpc_feed.stop)
+                _app.state.grpc_feed = grpc_feed
             yield
 
     app = FastAPI(

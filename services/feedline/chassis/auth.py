@@ -4,6 +4,12 @@
 API server's TokenReview (audience ``feedline``), using the service's own
 ServiceAccount token to ask. Positive answers are cached briefly so a busy
 subscriber does not cost a TokenReview per page.
+
+One check serves every transport: ``FeedAuthorizer.check`` takes the
+``Authorization`` value (an HTTP header, or the gRPC feed's ``authorization``
+metadata) and raises ``FeedAuthError``; the HTTP feed's dependency
+(``FeedAuthorizer.__call__``) answers it as 401 (503 when the check itself
+failed), the gRPC feed as UNAUTHENTICATED (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import hashlib
 import hmac
 import ssl
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import structlog
@@ -27,36 +34,59 @@ log = structlog.get_logger("feedline.auth")
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
+class FeedAuthError(Exception):
+    """The reader may not read the feed; ``unavailable``: the check itself failed (try later)."""
+
+    def __init__(self, detail: str, *, unavailable: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.unavailable = unavailable
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail, headers={"WWW-Authenticate": 'Bearer realm="feedline"'})
 
 
-def bearer_token(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` value, or FeedAuthError."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("this feed needs an Authorization: Bearer token")
+        raise FeedAuthError("this feed needs an Authorization: Bearer token")
     return token.strip()
 
 
-class FeedAuthorizer(Protocol):
-    async def __call__(self, request: Request) -> None: ...
+class FeedAuthorizer(ABC):
+    """Checks a reader's ``Authorization`` value; one instance serves HTTP and gRPC."""
 
+    @abstractmethod
+    async def check(self, authorization: str | None) -> None:
+        """Return if the reader may read the feed; raise FeedAuthError if not."""
 
-class AllowAnyone:
     async def __call__(self, request: Request) -> None:
+        """The HTTP feed's dependency: ``check`` on the header, failures as 401 (or 503)."""
+        try:
+            await self.check(request.headers.get("authorization"))
+        except FeedAuthError as exc:
+            if exc.unavailable:
+                raise HTTPException(503, exc.detail) from exc
+            raise _unauthorized(exc.detail) from exc
+
+
+class AllowAnyone(FeedAuthorizer):
+    async def check(self, authorization: str | None) -> None:
         return None
 
 
-class StaticToken:
+class StaticToken(FeedAuthorizer):
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    async def __call__(self, request: Request) -> None:
-        if not hmac.compare_digest(bearer_token(request).encode(), self._token):
-            raise _unauthorized("the bearer token is not valid for this feed")
+    async def check(self, authorization: str | None) -> None:
+        if not hmac.compare_digest(bearer_token(authorization).encode(), self._token):
+            raise FeedAuthError("the bearer token is not valid for this feed")
 
 
-class KubernetesTokenReview:
+class KubernetesTokenReview(FeedAuthorizer):
     """Accepts tokens that the API server's TokenReview authenticates for ``audience``."""
 
     def __init__(
@@ -87,8 +117,8 @@ class KubernetesTokenReview:
         status: dict[str, Any] = response.json().get("status", {})
         return status
 
-    async def __call__(self, request: Request) -> None:
-        token = bearer_token(request)
+    async def check(self, authorization: str | None) -> None:
+        token = bearer_token(authorization)
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
         if self._accepted_until.get(key, 0.0) > now:
@@ -97,9 +127,11 @@ class KubernetesTokenReview:
             status = await self.review(token)
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("token review failed", error=str(exc))
-            raise HTTPException(503, "cannot check the token: TokenReview failed") from exc
+            raise FeedAuthError(
+                "cannot check the token: TokenReview failed", unavailable=True
+            ) from exc
         if not status.get("authenticated") or self._audience not in status.get("audiences", []):
-            raise _unauthorized(
+            raise FeedAuthError(
                 f"the ServiceAccount token was not accepted for audience {self._audience!r}"
             )
         self._accepted_until[key] = now + self._cache_seconds

@@ -82,6 +82,19 @@ class ServiceSettings(BaseSettings):
             "(connection refused, host not found, starting up) before giving up; 0: no retry"
         ),
     )
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "serve the gRPC event feed (feedline.feed.v1.EventFeed, with health and reflection) "
+            "on this port beside HTTP; 0: a free port; unset: no gRPC (a pod gives it 9090)"
+        ),
+    )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        description="the address the gRPC feed listens on (feedline serve: its --host)",
+    )
     log_level: str = "INFO"
 
     def database_url_for(self, service: str) -> str:

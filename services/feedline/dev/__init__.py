@@ -5,7 +5,11 @@ one machine: SQLite databases, and each subscription's subscriber run from the
 pod spec the operator's pure builders render, as a local process.
 
 Modules: ``schema`` (the CRD's rules, checked locally), ``manifests`` (the
-folder: subscriptions and Secrets), ``plan`` (pure: manifests -> process
-specs), ``schedule`` (cron), ``supervisor`` (the processes), ``status`` (the
-table), ``main`` (what the CLI calls).
+folder: subscriptions and Secrets), ``dsns`` (the read models' database URLs,
+checked at load), ``plan`` (pure: manifests -> process specs), ``schedule``
+(cron), ``supervisor`` (the processes), ``restarts`` (pure: the back-off after
+a crash, and its words), ``keeper`` (restarting crashed services), ``feeds``
+(a feed no service serves), ``control`` (`feedline dev run-now`), ``status``
+(what is known of each process), ``table`` (the table, fitted to the
+terminal), ``main`` (what the CLI calls).
 """

@@ -1,4 +1,9 @@
-"""`feedline dev [DIR]`: load the folder, start everything, show the table, stop cleanly."""
+"""`feedline dev [DIR]`: load the folder, start everything, show the table, stop cleanly.
+
+Exit codes: 0 stopped cleanly; 1 a service did not start, a ``--once`` run
+failed, or a process that crashed was not back up when `feedline dev` stopped
+(``down_after_crash``); 2 bad flags, a bad manifest, or no EventSubscription.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +27,24 @@ from rich.live import Live
 from rich.text import Text
 
 from feedline.dev import plan, schema
-from feedline.dev.manifests import Folder, ManifestError, load_folder
+from feedline.dev.control import ControlServer
+from feedline.dev.dsns import dsn_errors
+from feedline.dev.feeds import unserved_feeds
+from feedline.dev.keeper import ServiceKeeper
+from feedline.dev.manifests import (
+    Folder,
+    FolderError,
+    ManifestError,
+    Source,
+    folders_with_subscriptions,
+    manifest_files,
+    read_folder,
+)
 from feedline.dev.plan import Layout
-from feedline.dev.status import SubscriptionStatus, render_table
+from feedline.dev.restarts import describe_exit
+from feedline.dev.status import ServiceStatus, SubscriptionStatus
 from feedline.dev.supervisor import DevError, Worker, base_environment, start_services, stop_all
+from feedline.dev.table import render_table
 from feedline.services.registry import DEFAULT_PORTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -55,27 +75,62 @@ def feedline_executable() -> str:
     return found
 
 
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd())) or "."
+    return str(path)
+
+
+def no_subscription_error(directory: Path) -> ManifestError:
+    """Nothing to run: where `feedline dev` looked, and how to point it elsewhere."""
+    files = [p.name for p in manifest_files(directory)]
+    read = f"it read {len(files)}: {', '.join(files[:5])}" if files else "there are none"
+    problems = [
+        "no EventSubscription manifest here (feedline dev reads the *.yaml and *.yml files "
+        f"directly in this folder, not its subfolders; {read})"
+    ]
+    found = folders_with_subscriptions(directory)
+    if found:
+        commands = " or ".join(f"feedline dev {shlex.quote(_shown(f))}" for f in found)
+        problems.append(f"EventSubscription manifests found in subfolders: run {commands}")
+    else:
+        problems.append(
+            "point it at the folder of your manifests: feedline dev DIR (in the Feedline "
+            "repository, the sample: feedline dev examples/local)"
+        )
+    return ManifestError(Source(directory), "", problems)
+
+
 def load(options: DevOptions, warn: Console) -> tuple[Folder, Layout]:
-    """The folder's manifests, checked (ManifestError on a bad one), and the layout."""
+    """The folder's manifests, checked, and the layout; FolderError lists every problem."""
     directory = options.directory.resolve()
     # The CRD shipped inside the package (the chart's, generated from the same model).
     crd_schema = schema.load_crd_schema(options.crd) if options.crd else schema.shipped_schema()
-    folder = load_folder(directory, crd_schema)
+    folder, errors = read_folder(directory, crd_schema)
     state_dir = (options.state_dir or plan.default_state_dir(directory)).resolve()
     layout = Layout(directory, state_dir, options.host, options.port_offset)
+    reported = {(e.source, e.subject) for e in errors}
     for loaded in folder.subscriptions:
+        subject = f'EventSubscription "{loaded.subscription.name}"'
+        if (loaded.source, subject) in reported:
+            continue
         try:
             plan.subscriber_process(loaded, folder, layout, "feedline", status_port=0)
         except plan.PlanError as exc:
-            subject = f'EventSubscription "{loaded.subscription.name}"'
-            raise ManifestError(loaded.source, subject, [str(exc)]) from exc
+            errors.append(ManifestError(loaded.source, subject, [str(exc)]))
+    errors.extend(dsn_errors(folder, layout))
+    if errors:
+        raise FolderError(errors)
+    if not folder.subscriptions:
+        raise no_subscription_error(directory)
     return folder, layout
 
 
 class Display:
     """The status: a live table on a terminal, one line per change otherwise; status.json."""
 
-    def __init__(self, layout: Layout, services: dict[str, str], out: Console) -> None:
+    def __init__(self, layout: Layout, services: list[ServiceStatus], out: Console) -> None:
         self.layout = layout
         self.services = services
         self.out = out
@@ -99,13 +154,21 @@ class Display:
             finally:
                 self.live = None
 
+    def _print(self, text: str, style: str | None = None) -> None:
+        self.out.print(text, style=style, highlight=False, soft_wrap=True, markup=False)
+        self.out.file.flush()
+
     def note(self, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
         if self.live is not None:
             self.notes.append(f"{stamp} {text}")
         else:
-            self.out.print(f"{stamp} {text}", highlight=False, soft_wrap=True, markup=False)
-            self.out.file.flush()
+            self._print(f"{stamp} {text}")
+
+    def alert(self, text: str) -> None:
+        """A line that must not scroll away under the table: a crash, a feed nobody serves."""
+        stamp = datetime.now().strftime("%H:%M:%S")
+        self._print(f"{stamp} {text}", style="bold red" if self.live is not None else None)
 
     def changed(self, status: SubscriptionStatus, note: str | None) -> None:
         if self.live is None and note != "run started":
@@ -117,7 +180,8 @@ class Display:
     def document(self) -> dict[str, Any]:
         return {
             "updated": datetime.now(UTC).isoformat(),
-            "services": self.services,
+            "pid": os.getpid(),
+            "services": {s.name: s.to_dict() for s in self.services},
             "subscriptions": [s.to_dict() for s in self.statuses],
         }
 
@@ -127,6 +191,33 @@ class Display:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.document(), indent=2))
         tmp.replace(path)
+
+
+def _run_now_command(options: DevOptions) -> str:
+    """How to ask this `feedline dev` for a run, as the user would type it."""
+    command = "feedline dev run-now NAME"
+    if options.directory != Path("."):
+        command += f" {shlex.quote(str(options.directory))}"
+    if options.state_dir is not None:
+        command += f" --state-dir {shlex.quote(str(options.state_dir))}"
+    return command
+
+
+def _run_now_handler(workers: list[Worker], display: Display) -> Callable[[str], tuple[int, str]]:
+    """What `feedline dev run-now NAME` does here (control.ControlServer)."""
+    by_name = {w.name: w for w in workers}
+
+    def run_now(name: str) -> tuple[int, str]:
+        worker = by_name.get(name)
+        if worker is None:
+            known = ", ".join(by_name) or "none"
+            return 404, f"no subscription {name!r} in {display.layout.directory} (known: {known})"
+        answer = worker.run_now()
+        display.note(f"run-now (feedline dev run-now): {answer}")
+        accepted = worker.status.mode == "CronJob" and not worker.status.suspended
+        return (202 if accepted else 409), answer
+
+    return run_now
 
 
 def _install_run_now(workers: list[Worker], display: Display) -> None:
@@ -140,6 +231,34 @@ def _install_run_now(workers: list[Worker], display: Display) -> None:
     loop.add_signal_handler(signal.SIGUSR1, run_now)
 
 
+def _down_after_crash(services: list[ServiceStatus], workers: list[Worker]) -> list[str]:
+    """Each process that crashed and is not back up, in one line (the rule of exit code 1)."""
+    lines = [
+        f"service {s.name} crashed and is not back up ({s.state}; {s.restarts} restart(s), "
+        f"last {s.last_exit}; log: {s.log})"
+        for s in services
+        if s.down_after_crash
+    ]
+    lines += [
+        f"subscription {w.name} (follower) crashed and is not back up ({w.status.restarts} "
+        f"restart(s), last {describe_exit(w.status.exit_code or 0)}; log: "
+        f"{w.layout.logs_dir() / (w.name + '.log')})"
+        for w in workers
+        if w.status.down_after_crash
+    ]
+    return lines
+
+
+async def _warn_unserved_feeds(
+    workers: list[Worker], layout: Layout, names: list[str], display: Display
+) -> None:
+    subscriptions = [
+        (w.name, str(w.loaded.source), w.status.feed) for w in workers if not w.status.suspended
+    ]
+    for line in await unserved_feeds(subscriptions, layout, names):
+        display.alert(line)
+
+
 async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -148,28 +267,50 @@ async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console
     feedline = feedline_executable()
     base_env = base_environment()
     names = list(options.services or DEFAULT_PORTS)
-    services = {name: layout.service_url(name) for name in names}
+    services = [
+        ServiceStatus(n, layout.service_url(n), layout.logs_dir() / f"{n}.log") for n in names
+    ]
     display = Display(layout, services, out if not options.once else Console(stderr=True))
     display.note(
-        f"feedline dev: {len(folder.subscriptions)} subscription(s) from {layout.directory}; "
-        f"state and logs in {layout.state_dir}"
+        f"feedline dev (pid {os.getpid()}): {len(folder.subscriptions)} subscription(s) from "
+        f"{layout.directory}; state and logs in {layout.state_dir}"
     )
     for ignored in folder.ignored:
         display.note(f"ignored (not an EventSubscription or Secret): {ignored}")
     children = await start_services(names, layout, feedline, base_env, stop)
+    control: ControlServer | None = None
+    keepers: list[asyncio.Task[None]] = []
     try:
         if stop.is_set():
             return EXIT_OK
-        display.note("services ready: " + ", ".join(f"{n} {u}" for n, u in services.items()))
+        display.note("services ready: " + ", ".join(f"{s.name} {s.url}" for s in display.services))
         workers = [
-            Worker(loaded, folder, layout, feedline, base_env, display.changed)
+            Worker(loaded, folder, layout, feedline, base_env, display.changed, display.alert)
             for loaded in folder.subscriptions
         ]
         display.statuses = [w.status for w in workers]
+        for child, status in zip(children, services, strict=True):
+            status.state, status.pid = "Ready", child.pid
+        keepers = [
+            asyncio.create_task(
+                ServiceKeeper(
+                    child, status, display.write_status_file, display.alert, display.note
+                ).keep(stop)
+            )
+            for child, status in zip(children, services, strict=True)
+        ]
         display.write_status_file()
+        await _warn_unserved_feeds(workers, layout, names, display)
         if options.once:
             return await _once(workers, display, stop, options, out)
         _install_run_now(workers, display)
+        control = ControlServer(layout.state_dir, _run_now_handler(workers, display))
+        await control.start()
+        if any(w.status.mode == "CronJob" and not w.status.suspended for w in workers):
+            display.note(
+                f"run a CronJob subscription now: {_run_now_command(options)} "
+                f"(every one: kill -USR1 {os.getpid()})"
+            )
         interactive = out.is_terminal
         with display.running(interactive):
             tasks = [
@@ -181,6 +322,7 @@ async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console
                 for w in workers
             ]
             await stop.wait()
+            down = _down_after_crash(display.services, workers)
             display.note("stopping: subscribers, then services")
             await asyncio.gather(*(w.shutdown() for w in workers))
             _, pending = await asyncio.wait(tasks, timeout=15) if tasks else (set(), set())
@@ -188,9 +330,18 @@ async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console
                 task.cancel()
             await asyncio.gather(*(w.shutdown() for w in workers))
         display.write_status_file()
-        return EXIT_OK
+        for line in down:
+            display.alert(line)
+        return EXIT_FAILED if down else EXIT_OK
     finally:
+        if control is not None:
+            await control.close()
+        stop.set()  # the services' keepers stop restarting
+        await asyncio.gather(*keepers, return_exceptions=True)
         await stop_all(children)
+        for status in display.services:
+            status.state, status.pid = "Stopped", None
+        display.write_status_file()
 
 
 async def _once(
@@ -205,13 +356,18 @@ async def _once(
             await asyncio.gather(*(w.shutdown() for w in workers))
         await asyncio.gather(*runs, return_exceptions=True)
     waiter.cancel()
+    interrupted = stop.is_set()
+    down = _down_after_crash(display.services, workers)
+    stop.set()  # the services' keepers stop restarting
     display.write_status_file()
     if options.output == "json":
         out.print_json(json.dumps(display.document()))
     else:
         out.print(render_table(display.statuses, display.services))
+    for line in down:
+        display.alert(line)
     failed = [s.name for s in display.statuses if s.failed]
-    return EXIT_FAILED if failed or stop.is_set() else EXIT_OK
+    return EXIT_FAILED if failed or down or interrupted else EXIT_OK
 
 
 def run(options: DevOptions, folder: Folder, layout: Layout) -> int:

@@ -10,8 +10,9 @@ directory and subfolders are not); a file may hold several documents. By kind:
   takes them; the subscriptions' ``secretKeyRef``\\s resolve against these;
 - any other kind (a Deployment, a ConfigMap...) is ignored and listed.
 
-Any error is a ``ManifestError`` naming the file (and document), the object and
-the field; the CLI prints it and exits 2.
+Every error of the folder is collected (``FolderError``), each naming the
+file (and document), the object and the field; the CLI prints them all and
+exits 2.
 """
 
 from __future__ import annotations
@@ -50,18 +51,30 @@ class Source:
 
 
 class ManifestError(ValueError):
-    """A manifest `feedline dev` cannot run; the message names file, object and field."""
+    """A manifest `feedline dev` cannot run; one line per problem, naming file, object, field."""
 
     def __init__(self, source: Source, subject: str, problems: Iterable[Problem | str]) -> None:
         self.source = source
         self.subject = subject
         self.problems = [str(p) for p in problems]
-        prefix = f"{source}: {subject}: " if subject else f"{source}: "
-        if len(self.problems) == 1:
-            text = prefix + self.problems[0]
-        else:
-            text = prefix.rstrip(" ") + "\n" + "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(text)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        prefix = f"{self.source}: {self.subject}: " if self.subject else f"{self.source}: "
+        return [prefix + problem for problem in self.problems]
+
+
+class FolderError(ManifestError):
+    """Every bad manifest of a folder at once (the first one's file, object and problems)."""
+
+    def __init__(self, errors: Iterable[ManifestError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        ValueError.__init__(self, "\n".join(line for e in self.errors for line in e.lines()))
+        self.source, self.subject, self.problems = first.source, first.subject, first.problems
+
+    def lines(self) -> list[str]:
+        return [line for error in self.errors for line in error.lines()]
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,11 @@ class Secret:
     namespace: str
     name: str
     data: dict[str, str]
+    # Where each key was written: "stringData[dsn]" or "data[dsn]" (for messages).
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def field_of(self, key: str) -> str:
+        return self.fields.get(key, f"data[{key}]")
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,7 @@ def parse_secret(doc: dict[str, Any], source: Source) -> Secret:
     subject = _subject(doc)
     problems = _name_problems(doc)
     data: dict[str, str] = {}
+    fields: dict[str, str] = {}
     for section in ("data", "stringData"):
         values = doc.get(section) or {}
         if not isinstance(values, dict):
@@ -184,6 +203,7 @@ def parse_secret(doc: dict[str, Any], source: Source) -> Secret:
             if not isinstance(value, str):
                 problems.append(Problem(path, "FieldValueTypeInvalid", "must be a string"))
                 continue
+            fields[key] = path
             if section == "data":
                 try:
                     data[key] = base64.b64decode(value, validate=True).decode()
@@ -200,7 +220,8 @@ def parse_secret(doc: dict[str, Any], source: Source) -> Secret:
     if problems:
         raise ManifestError(source, subject, problems)
     metadata = doc["metadata"]
-    return Secret(source, metadata.get("namespace") or DEFAULT_NAMESPACE, metadata["name"], data)
+    namespace = metadata.get("namespace") or DEFAULT_NAMESPACE
+    return Secret(source, namespace, metadata["name"], data, fields)
 
 
 def _documents(path: Path) -> list[tuple[Source, Any]]:
@@ -216,96 +237,190 @@ def _documents(path: Path) -> list[tuple[Source, Any]]:
     return [(Source(path, i + 1, len(loaded)), doc) for i, doc in enumerate(loaded)]
 
 
-def _check_references(folder: Folder) -> None:
+def reference_errors(
+    folder: Folder,
+    invalid_secrets: frozenset[tuple[str, str]] = frozenset(),
+    unreadable: tuple[Path, ...] = (),
+) -> list[ManifestError]:
+    """What the kubelet would refuse: a Secret or key that is not in the folder.
+
+    ``invalid_secrets``: Secrets already reported as invalid (not reported again as
+    missing); ``unreadable``: files reported as not YAML (a missing Secret may be there).
+    """
+    errors: list[ManifestError] = []
     for loaded in folder.subscriptions:
         sub = loaded.subscription
+        problems: list[Problem] = []
         refs = [("spec.readModel.databaseSecretRef", sub.spec.read_model.database_secret_ref)]
         auth = sub.spec.feed.auth
         if auth.type == "ServiceAccountToken":
-            raise ManifestError(
-                loaded.source,
-                f'EventSubscription "{sub.name}"',
-                [
-                    Problem(
-                        "spec.feed.auth.type",
-                        "FieldValueNotSupported",
-                        '"ServiceAccountToken" needs Kubernetes to issue the token; '
-                        'feedline dev supports "None" and "Token"',
-                    )
-                ],
+            problems.append(
+                Problem(
+                    "spec.feed.auth.type",
+                    "FieldValueNotSupported",
+                    '"ServiceAccountToken" needs Kubernetes to issue the token; '
+                    'feedline dev supports "None" and "Token"',
+                )
             )
         if auth.secret_ref is not None:
             refs.append(("spec.feed.auth.secretRef", auth.secret_ref))
         for path, ref in refs:
             secret = folder.secrets.get((sub.namespace, ref.name))
+            if (sub.namespace, ref.name) in invalid_secrets:
+                continue
             if secret is None:
                 message = (
                     f'Secret "{ref.name}" (namespace {sub.namespace}) not found: put a v1 '
                     f"Secret manifest in a YAML file of {folder.directory} (e.g. secrets.yaml)"
                 )
+                if unreadable:
+                    files = ", ".join(p.name for p in unreadable)
+                    message += f"; or fix {files} (not valid YAML), if it is there"
             elif ref.key not in secret.data:
                 message = f'Secret "{ref.name}" has no key "{ref.key}" ({secret.source})'
             else:
                 continue
-            raise ManifestError(
-                loaded.source,
-                f'EventSubscription "{sub.name}"',
-                [Problem(path, "FieldValueNotFound", message)],
+            problems.append(Problem(path, "FieldValueNotFound", message))
+        if problems:
+            errors.append(ManifestError(loaded.source, f'EventSubscription "{sub.name}"', problems))
+    return errors
+
+
+def _namespaced_name(doc: dict[str, Any]) -> tuple[str, str]:
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        return (DEFAULT_NAMESPACE, "")
+    return (str(metadata.get("namespace") or DEFAULT_NAMESPACE), str(metadata.get("name") or ""))
+
+
+def _kind_problems(doc: dict[str, Any]) -> list[Problem]:
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    missing = [
+        Problem(key, "FieldValueRequired", f"{key} is required")
+        for key, value in (("apiVersion", api_version), ("kind", kind))
+        if not value
+    ]
+    if missing:
+        return missing
+    if (kind == KIND or api_version == API_VERSION) and (api_version, kind) != (API_VERSION, KIND):
+        return [
+            Problem(
+                "apiVersion" if kind == KIND else "kind",
+                "FieldValueNotSupported",
+                f'"{api_version}/{kind}": feedline dev reads {API_VERSION} {KIND}',
             )
+        ]
+    return []
 
 
 def load_folder(directory: Path, schema: Schema | None = None) -> Folder:
-    """Read and check every manifest of ``directory``; raise ManifestError on the first bad one."""
+    """Read and check every manifest of ``directory``; FolderError lists every bad one."""
+    folder, errors = read_folder(directory, schema)
+    if errors:
+        raise FolderError(errors)
+    return folder
+
+
+def read_folder(
+    directory: Path, schema: Schema | None = None
+) -> tuple[Folder, list[ManifestError]]:
+    """Every good manifest of ``directory``, and an error for each bad one."""
     subscriptions: list[LoadedSubscription] = []
     secrets: dict[tuple[str, str], Secret] = {}
     ignored: list[str] = []
+    errors: list[ManifestError] = []
+    invalid_secrets: set[tuple[str, str]] = set()
+    unreadable: list[Path] = []
     seen: dict[str, Source] = {}
     for path in manifest_files(directory):
-        for source, doc in _documents(path):
+        try:
+            documents = _documents(path)
+        except ManifestError as exc:
+            errors.append(exc)
+            unreadable.append(path)
+            continue
+        for source, doc in documents:
             if not isinstance(doc, dict):
-                raise ManifestError(source, "", ["not a Kubernetes object (expected a mapping)"])
-            api_version, kind = doc.get("apiVersion"), doc.get("kind")
-            missing = [
-                Problem(key, "FieldValueRequired", f"{key} is required")
-                for key, value in (("apiVersion", api_version), ("kind", kind))
-                if not value
-            ]
-            if missing:
-                raise ManifestError(source, _subject(doc), missing)
-            if kind == KIND or api_version == API_VERSION:
-                if (api_version, kind) != (API_VERSION, KIND):
-                    raise ManifestError(
-                        source,
-                        _subject(doc),
-                        [
-                            Problem(
-                                "apiVersion" if kind == KIND else "kind",
-                                "FieldValueNotSupported",
-                                f'"{api_version}/{kind}": feedline dev reads {API_VERSION} {KIND}',
-                            )
-                        ],
-                    )
-                loaded = parse_subscription(doc, source, schema)
-                name = loaded.subscription.name
-                if name in seen:
-                    raise ManifestError(
-                        source,
-                        f'EventSubscription "{name}"',
-                        [
-                            Problem(
-                                "metadata.name",
-                                "FieldValueDuplicate",
-                                f"also defined in {seen[name]} (names key checkpoints)",
-                            )
-                        ],
-                    )
-                seen[name] = source
-                subscriptions.append(loaded)
-            elif (api_version, kind) == ("v1", "Secret"):
-                secret = parse_secret(doc, source)
-                secrets[(secret.namespace, secret.name)] = secret
-            else:
-                ignored.append(f"{source}: {_subject(doc)} ({api_version})")
+                errors.append(
+                    ManifestError(source, "", ["not a Kubernetes object (expected a mapping)"])
+                )
+                continue
+            problems = _kind_problems(doc)
+            if problems:
+                errors.append(ManifestError(source, _subject(doc), problems))
+                continue
+            api_version, kind = doc["apiVersion"], doc["kind"]
+            try:
+                if (api_version, kind) == (API_VERSION, KIND):
+                    loaded = parse_subscription(doc, source, schema)
+                    name = loaded.subscription.name
+                    if name in seen:
+                        raise ManifestError(
+                            source,
+                            f'EventSubscription "{name}"',
+                            [
+                                Problem(
+                                    "metadata.name",
+                                    "FieldValueDuplicate",
+                                    f"also defined in {seen[name]} (names key checkpoints)",
+                                )
+                            ],
+                        )
+                    seen[name] = source
+                    subscriptions.append(loaded)
+                elif (api_version, kind) == ("v1", "Secret"):
+                    secret = parse_secret(doc, source)
+                    secrets[(secret.namespace, secret.name)] = secret
+                else:
+                    ignored.append(f"{source}: {_subject(doc)} ({api_version})")
+            except ManifestError as exc:
+                errors.append(exc)
+                if kind == "Secret":
+                    invalid_secrets.add(_namespaced_name(doc))
     folder = Folder(directory, tuple(subscriptions), secrets, tuple(ignored))
-    _check_references(folder)
-    return folder
+    errors.extend(reference_errors(folder, frozenset(invalid_secrets), tuple(unreadable)))
+    return folder, errors
+
+
+SKIPPED_FOLDERS = frozenset({"node_modules", "__pycache__", "venv"})
+_DECLARES_SUBSCRIPTION = re.compile(r"^kind:\s*EventSubscription\s*$", re.MULTILINE)
+
+
+def _subfolders(directory: Path) -> list[Path]:
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError:
+        return []
+    return [
+        p
+        for p in entries
+        if p.is_dir() and not p.name.startswith(".") and p.name not in SKIPPED_FOLDERS
+    ]
+
+
+def folders_with_subscriptions(directory: Path, depth: int = 2, limit: int = 3) -> list[Path]:
+    """Subfolders (``depth`` levels down) holding a YAML file that declares an EventSubscription.
+
+    A hint for `feedline dev` run on the wrong folder (the repository's root,
+    say); files are only scanned as text, not checked.
+    """
+    found: list[Path] = []
+    level = [directory]
+    for _ in range(depth):
+        level = [sub for folder in level for sub in _subfolders(folder)]
+        for folder in level:
+            try:
+                files = manifest_files(folder)
+            except OSError:
+                continue
+            for path in files:
+                try:
+                    declares = _DECLARES_SUBSCRIPTION.search(path.read_text(errors="replace"))
+                except OSError:
+                    continue
+                if declares:
+                    found.append(folder)
+                    break
+            if len(found) >= limit:
+                return found
+    return found

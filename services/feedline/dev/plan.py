@@ -193,11 +193,16 @@ def rendered_container(loaded: LoadedSubscription) -> tuple[Manifest, Manifest]:
     return spec, spec["containers"][0]
 
 
+def secret_variables(layout: Layout) -> dict[str, str]:
+    """What ``$(VAR)`` in a Secret value may name: the state directory and the folder."""
+    return {STATE_DIR_VAR: str(layout.state_dir), FOLDER_VAR: str(layout.directory)}
+
+
 def _secret_values(folder: Folder, layout: Layout, namespace: str, name: str) -> dict[str, str]:
     secret = folder.secrets.get((namespace, name))
     if secret is None:
         raise PlanError(f'Secret "{name}" not found')
-    variables = {STATE_DIR_VAR: str(layout.state_dir), FOLDER_VAR: str(layout.directory)}
+    variables = secret_variables(layout)
     return {key: expand(value, variables) for key, value in secret.data.items()}
 
 

@@ -1,16 +1,17 @@
-"""What `feedline dev` shows: each subscription's last summary, as a table or JSON.
+"""What `feedline dev` knows of each process: services and subscriptions, as JSON or a line.
 
-The columns follow ``kubectl get evsub`` (Feed, Mode, Schedule, Position, Lag)
-plus what a developer wants to see locally (state, last outcome, next run).
+A subscription's status is its last summary (position, head, lag...) plus
+what a developer wants to see locally (state, next run, runs, restarts); a
+service's is whether it is up and how often it was restarted. ``table``
+renders both for a terminal.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
 from typing import Any
-
-from rich.table import Table
 
 
 @dataclass
@@ -26,6 +27,8 @@ class SubscriptionStatus:
     next_run: datetime | None = None
     exit_code: int | None = None
     message: str = ""
+    restarts: int = 0  # Follow mode: how often the follower was restarted after exiting
+    pid: int | None = None
 
     def update(self, summary: dict[str, Any]) -> bool:
         """Take a new summary; True when something shown changed."""
@@ -33,6 +36,11 @@ class SubscriptionStatus:
         self.summary = summary
         self.message = str(summary.get("message", ""))
         return changed
+
+    @property
+    def down_after_crash(self) -> bool:
+        """A follower that exited on its own and is not running again (yet)."""
+        return self.restarts > 0 and self.state == "Restarting"
 
     @property
     def failed(self) -> bool:
@@ -50,6 +58,8 @@ class SubscriptionStatus:
             "suspend": self.suspended,
             "state": self.state,
             "runs": self.runs,
+            "restarts": self.restarts,
+            "pid": self.pid,
             "outcome": s.get("outcome"),
             "position": s.get("position"),
             "head": s.get("head"),
@@ -67,59 +77,35 @@ class SubscriptionStatus:
         """One plain line for logs (no terminal)."""
         d = self.to_dict()
         fields = " ".join(
-            f"{key}={_cell(d[key])}"
+            f"{key}={'-' if d[key] is None else d[key]}"
             for key in ("outcome", "position", "head", "lag", "processed", "deadLettered")
         )
         return f"{d['name']}: {d['state']} {fields} message={d['message']!r}"
 
 
-def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
+@dataclass
+class ServiceStatus:
+    """One example service: up (``Ready``) or not, and how often it was restarted."""
 
+    name: str
+    url: str
+    log: Path
+    state: str = "Starting"  # Starting | Ready | Restarting | Stopped
+    restarts: int = 0
+    pid: int | None = None
+    last_exit: str | None = None  # "killed by SIGKILL", "exit code 1"
 
-def _until(moment: datetime | None, now: datetime) -> str:
-    if moment is None:
-        return "-"
-    seconds = max(int((moment - now).total_seconds()), 0)
-    return f"in {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"in {seconds}s"
+    @property
+    def down_after_crash(self) -> bool:
+        """A service that crashed and does not answer /health/ready again (yet)."""
+        return self.restarts > 0 and self.state != "Ready"
 
-
-def render_table(
-    statuses: list[SubscriptionStatus],
-    services: dict[str, str] | None = None,
-    now: datetime | None = None,
-) -> Table:
-    now = now or datetime.now(UTC)
-    caption = (
-        "services: " + ", ".join(f"{name} {url}" for name, url in services.items())
-        if services
-        else None
-    )
-    table = Table(title="feedline dev: subscriptions", caption=caption, caption_justify="left")
-    for column in ("NAME", "MODE", "SCHEDULE", "STATE", "OUTCOME"):
-        table.add_column(column, no_wrap=True)
-    for column in ("POSITION", "HEAD", "LAG", "PROCESSED", "DEAD-LETTERED", "RUNS"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("NEXT RUN", no_wrap=True)
-    table.add_column("MESSAGE", overflow="fold")
-    for status in statuses:
-        d = status.to_dict()
-        outcome = d["outcome"] or "-"
-        style = "red" if status.failed else ("green" if outcome == "CaughtUp" else None)
-        table.add_row(
-            d["name"],
-            d["mode"],
-            d["schedule"] or "-",
-            d["state"],
-            outcome,
-            _cell(d["position"]),
-            _cell(d["head"]),
-            _cell(d["lag"]),
-            _cell(d["processed"]),
-            _cell(d["deadLettered"]),
-            str(d["runs"]),
-            _until(status.next_run, now),
-            d["message"],
-            style=style,
-        )
-    return table
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "state": self.state,
+            "restarts": self.restarts,
+            "pid": self.pid,
+            "lastExit": self.last_exit,
+            "log": str(self.log),
+        }

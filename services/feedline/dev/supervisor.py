@@ -9,8 +9,10 @@ One asyncio loop supervises every child:
   ``concurrencyPolicy: Forbid``, and a run-now waits for it; after each run
   the summary is read from its termination-log file;
 - a Follow-mode subscription runs its container all the time (restarted with
-  a back-off if it exits, like ``restartPolicy: Always``); its summary is read
-  from its status port every second.
+  a back-off if it exits, like ``restartPolicy: Always``: ``restarts``); its
+  summary is read from its status port every second.
+
+A service that crashes is restarted by ``keeper``.
 
 Children run in their own process group (Ctrl-C reaches `feedline dev`
 only, which stops them in order: subscribers first, then services; SIGTERM,
@@ -39,6 +41,7 @@ import httpx
 from feedline.dev import plan
 from feedline.dev.manifests import Folder, LoadedSubscription
 from feedline.dev.plan import Layout, ProcessSpec
+from feedline.dev.restarts import Backoff, crash_line, describe_exit
 from feedline.dev.schedule import next_run
 from feedline.dev.status import SubscriptionStatus
 from feedline_contracts.follower import SUMMARY_PATH
@@ -46,7 +49,6 @@ from feedline_contracts.follower import SUMMARY_PATH
 STOP_GRACE_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 30.0
 FOLLOW_POLL_SECONDS = 1.0
-RESTART_BACKOFF_SECONDS = (10.0, 300.0)  # first, cap (doubles), like the kubelet
 PR_SET_PDEATHSIG = 1
 
 
@@ -127,6 +129,15 @@ class Child:
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.returncode
 
+    @property
+    def pid(self) -> int | None:
+        """The running process's pid (None before its start and after its exit)."""
+        process = self.process
+        return process.pid if process is not None and process.returncode is None else None
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
     async def wait(self) -> int:
         assert self.process is not None
         return await self.process.wait()
@@ -157,19 +168,28 @@ class Child:
 # --- services ------------------------------------------------------------------------
 
 
-async def _wait_ready(child: Child, url: str, stop: asyncio.Event) -> None:
+async def answers_ready(child: Child, url: str, stop: asyncio.Event) -> bool:
+    """Whether the service answers /health/ready within the timeout (False: it exited, or stop)."""
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     async with httpx.AsyncClient(timeout=1.0) as http:
         while time.monotonic() < deadline and not stop.is_set():
             if child.returncode is not None:
-                raise DevError(
-                    f"{child.spec.name} exited with {child.returncode} "
-                    f"(log {child.spec.log_path}):\n{child.log_tail()}"
-                )
+                return False
             with contextlib.suppress(httpx.HTTPError):
                 if (await http.get(f"{url}/health/ready")).status_code == 200:
-                    return
+                    return True
             await asyncio.sleep(0.1)
+    return False
+
+
+async def _wait_ready(child: Child, url: str, stop: asyncio.Event) -> None:
+    if await answers_ready(child, url, stop) or stop.is_set():
+        return
+    if child.returncode is not None:
+        raise DevError(
+            f"{child.spec.name} ended before it was ready ({describe_exit(child.returncode)}; "
+            f"log {child.spec.log_path}):\n{child.log_tail()}"
+        )
     if not stop.is_set():
         raise DevError(
             f"{child.spec.name} not ready after {READY_TIMEOUT_SECONDS:.0f}s "
@@ -234,6 +254,7 @@ class Worker:
         feedline: str,
         base_env: Mapping[str, str],
         on_change: Callable[[SubscriptionStatus, str | None], None],
+        alert: Callable[[str], None] | None = None,
     ) -> None:
         sub = loaded.subscription
         self.loaded = loaded
@@ -242,6 +263,7 @@ class Worker:
         self.feedline = feedline
         self.base_env = base_env
         self.on_change = on_change
+        self.alert = alert or (lambda text: on_change(self.status, text))
         self.trigger = asyncio.Event()
         self.child: Child | None = None
         self.current: asyncio.Task[None] | None = None
@@ -271,7 +293,7 @@ class Worker:
             self.status.update(summary)
         else:
             self.status.update({})
-            self.status.message = f"exited with {code} and no summary; see {child.spec.log_path}"
+            self.status.message = f"{describe_exit(code)} and no summary; see {child.spec.log_path}"
         self._changed("run finished")
 
     async def run_once(self, *, once: bool = False) -> None:
@@ -285,6 +307,7 @@ class Worker:
         self._changed("run started")
         try:
             await child.start()
+            self.status.pid = child.pid
             if self.stopping:
                 await child.stop()
             code = await child.wait()
@@ -297,6 +320,7 @@ class Worker:
             return
         finally:
             self.child = None
+            self.status.pid = None
             self.status.state = "Waiting"
         self._finish(child, code)
 
@@ -306,9 +330,16 @@ class Worker:
             self.queued = False
             self.trigger.set()
 
-    def run_now(self) -> None:
-        if self.status.mode == "CronJob":
-            self.trigger.set()
+    def run_now(self) -> str:
+        """Ask for a run now; what happens, in words (for `feedline dev run-now`)."""
+        if self.status.mode != "CronJob":
+            return f"{self.name} is in Follow mode: its follower runs all the time"
+        if self.status.suspended:
+            return f"{self.name} is suspended (spec.suspend: true): no runs"
+        self.trigger.set()
+        if self.current is not None and not self.current.done():
+            return f"{self.name}: a run is running; the run asked for starts when it ends"
+        return f"{self.name}: run started"
 
     async def cron_loop(self, stop: asyncio.Event, *, run_now: bool) -> None:
         sub = self.loaded.subscription
@@ -363,7 +394,7 @@ class Worker:
         if self.loaded.subscription.spec.suspend:
             await stop.wait()
             return
-        backoff = RESTART_BACKOFF_SECONDS[0]
+        backoff = Backoff()
         while not stop.is_set():
             port = free_port()
             spec = plan.subscriber_process(
@@ -384,21 +415,32 @@ class Worker:
                     await child.stop()
                 self.status.state = "Following"
                 self.status.next_run = None
+                self.status.pid = child.pid
                 self._changed("follower started")
                 await self._poll_follower(child, port)
                 code = await child.wait()
                 self.child = None
+                self.status.pid = None
                 self._finish(child, code)
-            if stop.is_set():
+            if stop.is_set() or self.stopping:
                 break
-            if time.monotonic() - child.started > 600:
-                backoff = RESTART_BACKOFF_SECONDS[0]
+            delay = backoff.delay(child.uptime() if child.process is not None else 0.0)
+            self.status.restarts += 1
             self.status.state = "Restarting"
-            self.status.next_run = datetime.now(UTC) + timedelta(seconds=backoff)
-            self._changed(f"follower exited with {code}; restarting in {backoff:.0f}s")
+            self.status.next_run = datetime.now(UTC) + timedelta(seconds=delay)
+            self.alert(
+                crash_line(
+                    "subscription",
+                    f"{self.name} (follower)",
+                    code,
+                    spec.log_path,
+                    delay,
+                    self.status.restarts,
+                )
+            )
+            self._changed(None)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
-            backoff = min(backoff * 2, RESTART_BACKOFF_SECONDS[1])
+                await asyncio.wait_for(stop.wait(), delay)
         self.status.state = "Stopped"
 
     async def shutdown(self) -> None:
