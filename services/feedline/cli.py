@@ -139,20 +139,26 @@ def serve(
     except ServiceDatabaseError as exc:
         typer.echo(f"feedline serve: {exc}", err=True)
         raise typer.Exit(DATABASE_UNUSABLE) from None
+    http_port = port or DEFAULT_PORTS[service.value]
     try:
         uvicorn.run(
             application,
             host=host,
-            port=port or DEFAULT_PORTS[service.value],
+            port=http_port,
             log_config=None,
             access_log=False,  # the chassis logs each request as JSON with its ids
             timeout_graceful_shutdown=5,
         )
-    except SystemExit:
-        # Start-up failed; the gRPC port taken is "could not listen", like HTTP's.
-        listen_error = getattr(application.state, "listen_error", None)
-        if listen_error is None:
+    except SystemExit as failed:
+        # uvicorn ends a failed start with 3 (our "database unusable"): the HTTP
+        # port taken (uvicorn logged the OS error) or the gRPC one. Both are
+        # "could not listen": 1, as --help says.
+        if failed.code in (0, None):
             raise
+        listen_error = getattr(application.state, "listen_error", None) or (
+            f"cannot listen on {host}:{http_port}: the port is in use or the address is "
+            "not this machine's; choose another with --port"
+        )
         typer.echo(f"feedline serve: {listen_error}", err=True)
         raise typer.Exit(1) from None
 

@@ -540,3 +540,26 @@ def test_feedline_serve_exits_1_when_the_grpc_port_is_taken(tmp_path: Path) -> N
         f"feedline serve: cannot listen for gRPC on 127.0.0.1:{port}: the port is in use or "
         "the address is not this machine's; choose another with --grpc-port (FEEDLINE_GRPC_PORT)"
     )
+
+
+def test_feedline_serve_exits_1_when_the_http_port_is_taken(tmp_path: Path) -> None:
+    """Not 3 (uvicorn's start-up failure), which `feedline serve` means as
+    "database unusable": a taken port is "could not listen", as for gRPC."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [FEEDLINE, "serve", "special-offers", "--port", str(port)],
+            env={"PATH": "/usr/bin:/bin"},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"feedline serve: cannot listen on 127.0.0.1:{port}: the port is in use or the "
+        "address is not this machine's; choose another with --port"
+    )
