@@ -119,7 +119,12 @@ class SubscriberRun:
             except Exception as exc:
                 if self.state.position != position:
                     losses = 0  # it got somewhere since the last loss
-                if not connection_lost(exc) or self.stop.is_set():
+                # Connecting again already waited its --database-retries: a database
+                # that stays away fails the run now (its cause, a refused connection,
+                # is not a connection lost mid-run to reconnect from once more).
+                if isinstance(exc, DatabaseUnavailableError) or not connection_lost(exc):
+                    raise
+                if self.stop.is_set():
                     raise
                 if losses >= self.settings.database_retries:
                     raise
