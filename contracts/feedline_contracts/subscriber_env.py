@@ -47,3 +47,12 @@ DATABASE_RETRIES: Final = "FEEDLINE_DATABASE_RETRIES"
 DEFAULT_DATABASE_RETRIES: Final = 20
 
 DEFAULT_SERVICEACCOUNT_TOKEN_FILE: Final = "/var/run/secrets/feedline/token"
+
+# FEED_URL's scheme picks the transport (docs/transports.md), here and in the
+# CRD's rule on spec.feed.url: the HTTP feed's endpoint (http://NAME/events),
+# or a service's gRPC feed (grpc://NAME:9090, no path; grpcs:// with TLS).
+HTTP_FEED_SCHEMES: Final = ("http", "https")
+GRPC_FEED_SCHEMES: Final = ("grpc", "grpcs")
+FEED_URL_SCHEMES: Final = (*HTTP_FEED_SCHEMES, *GRPC_FEED_SCHEMES)
+# A grpcs:// URL without a port: the TLS port (grpc:// defaults to feed.GRPC_PORT).
+GRPCS_DEFAULT_PORT: Final = 443

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from feedline_contracts.database import connection_lost
 from feedline_subscriber.checkpoint import CheckpointStore
-from feedline_subscriber.feed_client import Event
+from feedline_subscriber.feed_transport import Event
 from feedline_subscriber.lock import SubscriptionLock
 from feedline_subscriber.projection import Projection, ProjectionContext
 from feedline_subscriber.settings import PoisonPolicy, SubscriberSettings

@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline_subscriber.feed_client import Event
+from feedline_subscriber.feed_transport import Event
 
 subscriber_metadata = MetaData()
 

@@ -115,7 +115,10 @@ def subscribe(
         str | None,
         typer.Option(
             envvar=env.FEED_URL,
-            help="Feed endpoint, e.g. http://special-offers/events.",
+            help=(
+                "The feed; its scheme picks the transport: an HTTP endpoint "
+                "(http://special-offers/events) or a gRPC feed (grpc://special-offers:9090)."
+            ),
             show_default=False,
         ),
     ] = None,

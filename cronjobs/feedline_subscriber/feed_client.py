@@ -1,60 +1,53 @@
 """Reading pages of an HTTP event feed (protocol v1, docs/feed-protocol.md).
 
-The client retries what is transient (connection errors, timeouts, 429 and
-5xx) with exponential backoff and full jitter, and refuses what breaks the
-protocol: every page is checked before the subscriber may apply it, so a
-broken feed fails the run with a message saying what was wrong and the
-checkpoint never moves.
+The HTTP implementation of :class:`~feedline_subscriber.feed_transport.FeedTransport`:
+one ``GET`` per page (``wait=`` long-polls in Follow mode). The client retries
+what is transient (connection errors, timeouts, 429 and 5xx) with the feed's
+retry policy, and refuses what breaks the protocol: every page is checked
+before the subscriber may apply it, so a broken feed fails the run with a
+message saying what was wrong and the checkpoint never moves.
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Sequence
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import orjson
-from httpx_retries import Retry, aretry_request
+from httpx_retries import aretry_request
 
 from feedline_contracts.feed import HEAD_HEADER
+from feedline_subscriber.feed_transport import (
+    Event,
+    FeedError,
+    FeedProtocolError,
+    FeedUnavailableError,
+    Page,
+    check_page,
+    check_sequence,
+    collector_paused,
+    feed_retry,
+    new_event,
+    read_token,
+    sequence_is_valid,
+)
+
+__all__ = [
+    "Event",
+    "FeedError",
+    "FeedProtocolError",
+    "FeedUnavailableError",
+    "HttpFeedClient",
+    "Page",
+    "parse_page",
+]
 
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
-
-
-class FeedError(Exception):
-    """The feed could not be read; the run fails and the checkpoint stays."""
-
-
-class FeedProtocolError(FeedError):
-    """A response that breaks feed protocol v1."""
-
-
-class FeedUnavailableError(FeedError):
-    """The feed kept failing transiently (or refused us) after every retry."""
-
-
-class Event(NamedTuple):
-    """One event of a page. A named tuple: a page makes 10,000 of them, and a
-    tuple is built in C (a frozen dataclass's ``__init__`` runs Python code)."""
-
-    sequence_number: int
-    occurred_at: str
-    name: str
-    content: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    start: int  # the requested start
-    events: list[Event]
-    next_start: int  # from Link rel="next": every sequence below it has been scanned
-    head: int  # Feed-Head
+# A catch-up asks for the page after next while one travels (PageStream._prefetch).
+PREFETCH_PAGES = 2
 
 
 def _next_start(response: httpx.Response) -> int:
@@ -108,8 +101,6 @@ def _event(index: int, item: Any) -> Event:
     return Event(number, occurred_at, name, content)
 
 
-# Event(*fields) without the Python-level __new__ of a named tuple: built in C.
-_new_event: Callable[[tuple[int, str, str, dict[str, Any]]], Event] = partial(tuple.__new__, Event)
 _SEQUENCE_NUMBER = itemgetter("sequenceNumber")
 _OCCURRED_AT = itemgetter("occurredAt")
 _NAME = itemgetter("name")
@@ -142,48 +133,16 @@ def _checked_events(body: list[Any], start: int, filtered: bool) -> list[Event] 
         or set(map(type, contents)) != {dict}
     ):
         return None
-    if filtered:
-        # Strictly increasing from at least `start` (>= 1): gaps are allowed.
-        if numbers[0] < max(start, 1) or not all(map(int.__lt__, numbers, numbers[1:])):
-            return None
-    elif start < 1 or numbers != list(range(start, start + len(numbers))):
+    if not sequence_is_valid(numbers, start, filtered):
         return None
-    return list(map(_new_event, zip(numbers, occurred_at, names, contents, strict=True)))
+    return list(map(new_event, zip(numbers, occurred_at, names, contents, strict=True)))
 
 
 def _checked_events_slowly(body: list[Any], start: int, filtered: bool) -> list[Event]:
     """Every per-event check, one event at a time; raises saying what is wrong."""
     events = [_event(index, item) for index, item in enumerate(body)]
-    expected = start
-    for event in events:
-        number = event.sequence_number
-        if number < expected or (not filtered and number != expected):
-            what = "not increasing" if number < expected else "has a gap"
-            raise FeedProtocolError(
-                f"sequence numbers {what}: expected {expected}"
-                f"{' or more' if filtered else ''}, got {number} (page start {start})"
-            )
-        expected = number + 1
+    check_sequence(events, start, filtered)
     return events
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a page is decoded and checked.
-
-    Decoding a page of 10,000 events allocates ~40,000 containers (dicts, lists,
-    tuples), none of them in a reference cycle, so each collection the
-    allocations would trigger (dozens per page, some traversing everything
-    alive) frees nothing: measured at 0.3-0.7 s of CPU per 200,000 events.
-    Reference counting still frees everything; the collector resumes after.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bool) -> Page:
@@ -195,7 +154,7 @@ def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bo
     head = _head(response)
     next_start = _next_start(response)
     content = response.content
-    with _collector_paused():
+    with collector_paused():
         try:
             body = orjson.loads(content)
         except orjson.JSONDecodeError as exc:
@@ -207,24 +166,7 @@ def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bo
         events = _checked_events(body, start, filtered)
         if events is None:
             events = _checked_events_slowly(body, start, filtered)
-    expected = events[-1].sequence_number + 1 if events else start
-    if next_start < expected:
-        raise FeedProtocolError(
-            f'Link rel="next" goes backwards: start={next_start}, but the page '
-            f"{'ends at ' + str(expected - 1) if events else 'was requested from ' + str(start)}"
-        )
-    if events and events[-1].sequence_number > head:
-        raise FeedProtocolError(f"event {events[-1].sequence_number} is above Feed-Head {head}")
-    if next_start > head + 1:
-        raise FeedProtocolError(
-            f'Link rel="next" (start={next_start}) skips past Feed-Head {head}: '
-            "events committed later would be lost"
-        )
-    if not filtered and next_start != expected and events:
-        raise FeedProtocolError(
-            f'Link rel="next" (start={next_start}) does not follow the last event {expected - 1}'
-        )
-    return Page(start=start, events=events, next_start=next_start, head=head)
+    return check_page(events, start=start, filtered=filtered, next_start=next_start, head=head)
 
 
 def _problem_detail(response: httpx.Response) -> str:
@@ -237,8 +179,10 @@ def _problem_detail(response: httpx.Response) -> str:
     return response.text[:200]
 
 
-class FeedClient:
+class HttpFeedClient:
     """Reads pages from one feed endpoint, e.g. ``http://special-offers/events``."""
+
+    pages_in_flight = PREFETCH_PAGES
 
     def __init__(
         self,
@@ -247,22 +191,14 @@ class FeedClient:
         event_types: Sequence[str] = (),
         token_file: Path | None = None,
         retry_attempts: int = 8,
-        backoff_seconds: float = 0.5,
-        max_backoff_seconds: float = 10.0,
         timeout_seconds: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.feed_url = feed_url
+        self.url = feed_url
         self.event_types = tuple(event_types)
         self.token_file = token_file
         self.timeout_seconds = timeout_seconds
-        self.retry = Retry(
-            total=retry_attempts,
-            backoff_factor=backoff_seconds,
-            max_backoff_wait=max_backoff_seconds,
-            backoff_jitter=1.0,
-            status_forcelist=RETRYABLE_STATUS,
-        )
+        self.retry = feed_retry(retry_attempts, status_forcelist=RETRYABLE_STATUS)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=10.0),
             transport=transport,
@@ -274,14 +210,12 @@ class FeedClient:
         await self.client.aclose()
 
     def _headers(self) -> dict[str, str]:
-        if self.token_file is None:
-            return {}
-        # Read each time: projected ServiceAccount tokens are rotated on disk.
-        try:
-            token = self.token_file.read_text().strip()
-        except OSError as exc:
-            raise FeedUnavailableError(f"cannot read the feed token file: {exc}") from exc
-        return {"Authorization": f"Bearer {token}"}
+        token = read_token(self.token_file)
+        return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+    async def head(self) -> int:
+        """The head, from the ``Feed-Head`` of a one-event page."""
+        return (await self.fetch(1, 1)).head
 
     async def fetch(self, start: int, limit: int, *, wait: float = 0) -> Page:
         """The page of up to ``limit`` events from ``start``; long-polls ``wait`` seconds."""
@@ -295,7 +229,7 @@ class FeedClient:
             response = await aretry_request(
                 self.client,
                 "GET",
-                self.feed_url,
+                self.url,
                 params=params,
                 headers=self._headers(),
                 timeout=timeout,
@@ -303,7 +237,7 @@ class FeedClient:
             )
         except httpx.HTTPError as exc:
             raise FeedUnavailableError(
-                f"feed {self.feed_url} unreachable after {self.retry.total} retries: "
+                f"feed {self.url} unreachable after {self.retry.total} retries: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         if response.status_code == 200:
@@ -311,13 +245,13 @@ class FeedClient:
         detail = _problem_detail(response)
         if response.status_code in RETRYABLE_STATUS:
             raise FeedUnavailableError(
-                f"feed {self.feed_url} answered {response.status_code} after "
+                f"feed {self.url} answered {response.status_code} after "
                 f"{self.retry.total} retries: {detail}"
             )
         if response.status_code in (401, 403):
             raise FeedUnavailableError(
-                f"feed {self.feed_url} refused the subscriber ({response.status_code}): {detail}"
+                f"feed {self.url} refused the subscriber ({response.status_code}): {detail}"
             )
         raise FeedProtocolError(
-            f"feed {self.feed_url} answered {response.status_code} to start={start}: {detail}"
+            f"feed {self.url} answered {response.status_code} to start={start}: {detail}"
         )

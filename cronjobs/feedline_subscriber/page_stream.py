@@ -2,10 +2,14 @@
 
 From the checkpoint on, :class:`PageStream` hands out one :class:`Batch` per
 page: its events and the position the checkpoint moves to. It fetches the
-next page while the current one is written (and, during a catch-up, a second
-one ahead), keeps the run within ``--max-events-per-run``, checks that every
-page makes progress, and ends at the head (CronJob mode), when the budget is
-spent, or when asked to stop (an in-flight fetch or long poll is dropped).
+next page while the current one is written (and, during a catch-up, more
+ahead, as many as the transport's ``pages_in_flight``), keeps the run within
+``--max-events-per-run``, checks that every page makes progress, and ends at
+the head (CronJob mode), when the budget is spent, or when asked to stop (an
+in-flight fetch or a wait for new events is dropped).
+
+It knows the feed only as a :class:`~feedline_subscriber.feed_transport.FeedTransport`:
+the same code reads HTTP and gRPC.
 
 The consumer applies each batch before it asks for the next one: a batch
 taken counts as applied (its events against the budget, its end as the
@@ -22,11 +26,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple
 
-from feedline_subscriber.feed_client import Event, FeedClient, FeedProtocolError, Page
+from feedline_subscriber.feed_transport import Event, FeedProtocolError, FeedTransport, Page
 from feedline_subscriber.settings import SubscriberSettings
-
-# Catch-up: how many pages may be on their way at once (see PageStream._prefetch).
-PREFETCH_PAGES = 2
 
 
 class Batch(NamedTuple):
@@ -59,7 +60,7 @@ class PageStream:
 
     def __init__(
         self,
-        feed: FeedClient,
+        feed: FeedTransport,
         settings: SubscriberSettings,
         *,
         position: int,
@@ -171,17 +172,18 @@ class PageStream:
 
         Without a type filter a full page from S ends at S + limit - 1, so the
         next one starts at S + limit; while that is at or below the head, up to
-        PREFETCH_PAGES pages are on their way at once, so the service prepares
-        one while the other travels and is checked. A prefetched page is used
-        only if it starts where the previous page's ``Link: next`` points (and
-        is checked against its own start, as every page is); otherwise it is
-        dropped and the right page is fetched.
+        the transport's ``pages_in_flight`` pages are on their way at once, so
+        the service prepares one while the other travels and is checked (a
+        stream, which reads ahead by itself, says 1: no page ahead). A
+        prefetched page is used only if it starts where the previous page's
+        next start points (and is checked against its own start, as every page
+        is); otherwise it is dropped and the right page is fetched.
         """
         if self.settings.event_types or self.settings.max_events_per_run:
             return  # where the next page starts, or how long it is, is not known ahead
         pending = self._pending
         limit = self.settings.batch_size
-        while pending and len(pending) < PREFETCH_PAGES:
+        while pending and len(pending) < self.feed.pages_in_flight:
             start = pending[-1].start + limit
             if start > head:
                 return

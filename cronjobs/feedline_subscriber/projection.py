@@ -30,7 +30,7 @@ import asyncpg
 from sqlalchemy import Connection, Table, delete, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from feedline_subscriber.feed_client import Event
+from feedline_subscriber.feed_transport import Event
 
 __all__ = [
     "Event",

@@ -40,7 +40,7 @@ from feedline_contracts.database import (
 )
 from feedline_subscriber.batch_applier import BatchApplier, PoisonEventHaltError, describe
 from feedline_subscriber.checkpoint import Checkpoint, CheckpointStore, create_subscriber_tables
-from feedline_subscriber.feed_client import FeedClient
+from feedline_subscriber.feed_transport import open_feed
 from feedline_subscriber.lock import SubscriptionLock
 from feedline_subscriber.page_stream import PageStream
 from feedline_subscriber.projection import Projection, ProjectionContext, load_projection
@@ -71,12 +71,8 @@ class SubscriberRun:
         self.projection: Projection
         self.database: Database
         self.lock: SubscriptionLock
-        self.feed = FeedClient(
-            settings.feed_url,
-            event_types=settings.event_types,
-            token_file=settings.token_file(),
-            retry_attempts=settings.feed_retry_attempts,
-        )
+        # HTTP or gRPC, by the URL's scheme: nothing below depends on which.
+        self.feed = open_feed(settings)
 
     def _report(self) -> None:
         if self.on_progress is not None:
@@ -222,7 +218,7 @@ class SubscriberRun:
         if start == "Beginning":
             return 0
         if start == "Head":
-            return (await self.feed.fetch(1, 1)).head
+            return await self.feed.head()
         return int(start) - 1
 
     async def _read_and_apply(self, connection: AsyncConnection) -> None:

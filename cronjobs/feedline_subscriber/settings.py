@@ -12,7 +12,6 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +20,7 @@ from feedline_contracts import subscriber_env as env
 from feedline_contracts.auth import FeedAuth, FeedAuthSetting
 from feedline_contracts.database import DatabaseUrl
 from feedline_contracts.feed import EVENT_NAME_PATTERN, MAX_LIMIT, MAX_WAIT_SECONDS
+from feedline_subscriber.feed_transport import feed_url_problem
 
 MAX_PAGE_SIZE = MAX_LIMIT  # a batch is one page
 SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -71,7 +71,10 @@ class SubscriberSettings(BaseSettings):
     )
     feed_url: str = Field(
         validation_alias=env.FEED_URL,
-        description="the feed endpoint, e.g. http://special-offers/events",
+        description=(
+            "the feed: its HTTP endpoint (http://special-offers/events) or its gRPC "
+            "address (grpc://special-offers:9090); the scheme picks the transport"
+        ),
     )
     event_types: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -128,13 +131,9 @@ class SubscriberSettings(BaseSettings):
     @field_validator("feed_url")
     @classmethod
     def _feed_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(
-                f"must be an http:// or https:// URL of a feed endpoint; got {value!r}"
-            )
-        if parts.query or parts.fragment:
-            raise ValueError(f"must not carry a query or fragment; got {value!r}")
+        problem = feed_url_problem(value)  # its scheme picks the transport
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("event_types", mode="before")

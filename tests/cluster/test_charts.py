@@ -293,3 +293,80 @@ def test_demo_postgresql_needs_no_storage_class_by_default(helm: Path, demo_char
         "postgresql.persistence.enabled=true", "postgresql.persistence.storageClassName=local"
     )
     assert claims == [data]
+
+
+def test_service_chart_serves_the_grpc_feed_when_asked(helm: Path) -> None:
+    """grpc.enabled: FEEDLINE_GRPC_PORT, a container port and a Service port named grpc,
+    and NetworkPolicy ingress to it (from the same peers as HTTP); off by default."""
+
+    def objects(*values: str) -> dict[str, dict[str, Any]]:
+        docs = render(helm, SERVICE_CHART, "shop", "feedlineService=special-offers", *values)
+        return {doc["kind"]: doc for doc in docs if doc["kind"] != "ServiceAccount"}
+
+    def grpc_parts(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        (container,) = found["Deployment"]["spec"]["template"]["spec"]["containers"]
+        (ingress,) = found["NetworkPolicy"]["spec"]["ingress"]
+        return {
+            "env": [e["value"] for e in container["env"] if e["name"] == "FEEDLINE_GRPC_PORT"],
+            "container": [p for p in container["ports"] if p["name"] == "grpc"],
+            "service": [p for p in found["Service"]["spec"]["ports"] if p["name"] == "grpc"],
+            "ingress": [p["port"] for p in ingress["ports"]],
+        }
+
+    assert grpc_parts(objects()) == {
+        "env": [],
+        "container": [],
+        "service": [],
+        "ingress": ["http"],
+    }
+    assert grpc_parts(objects("grpc.enabled=true")) == {
+        "env": ["9090"],
+        "container": [{"name": "grpc", "containerPort": 9090, "protocol": "TCP"}],
+        "service": [
+            {
+                "name": "grpc",
+                "port": 9090,
+                "targetPort": "grpc",
+                "protocol": "TCP",
+                "appProtocol": "kubernetes.io/h2c",
+            }
+        ],
+        "ingress": ["http", "grpc"],
+    }
+    moved = grpc_parts(objects("grpc.enabled=true", "grpc.port=9443"))
+    assert moved["env"] == ["9443"]
+    assert moved["service"][0]["port"] == moved["container"][0]["containerPort"] == 9443
+    # HTTP keeps its port and its Service port either way.
+    (http,) = [p for p in objects("grpc.enabled=true")["Service"]["spec"]["ports"]
+               if p["name"] == "http"]  # fmt: skip
+    assert (http["port"], http["targetPort"]) == (80, "http")
+
+    # One port cannot serve both; the schema bounds the port.
+    same = run(
+        [helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+         "--set", "feedlineService=special-offers", "--set", "grpc.enabled=true",
+         "--set", "grpc.port=8080"],
+        ok=False,
+    )  # fmt: skip
+    assert "grpc.port (8080) must differ from containerPort (8080)" in same
+    wide = run(
+        [helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+         "--set", "feedlineService=special-offers", "--set", "grpc.port=70000"],
+        ok=False,
+    )  # fmt: skip
+    assert "/grpc/port" in wide
+
+
+def test_service_chart_grpc_objects_are_accepted(
+    namespace: str, helm: Path, kubectl: Path, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """With grpc.enabled, every object passes a strict server-side dry run (the port
+    names, the Service's appProtocol, the NetworkPolicy's named port)."""
+    docs = render(
+        helm, SERVICE_CHART, namespace, "feedlineService=special-offers", "grpc.enabled=true"
+    )
+    objects = tmp_path / "service.yaml"
+    objects.write_text(yaml.safe_dump_all(docs))
+    created = run([kubectl, f"--kubeconfig={kubeconfig}", f"--namespace={namespace}", "create",
+                   "--dry-run=server", "--validate=strict", "-f", objects])  # fmt: skip
+    assert created.count("created (server dry run)") == len(docs), created

@@ -33,6 +33,7 @@ from pydantic.config import JsonDict
 
 from feedline_contracts import subscriber_env
 from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth
+from feedline_contracts.feed import GRPC_PORT
 from feedline_contracts.summary import TERMINATION_MESSAGE_LIMIT, Outcome
 
 GROUP: Final = "feedline.dev"
@@ -177,18 +178,39 @@ EventType = Annotated[
 ]
 
 
+def _cel_list(words: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{word}'" for word in words) + "]"
+
+
+# spec.feed.url: its scheme picks the subscriber's transport (docs/transports.md).
+# HTTP: the feed endpoint; gRPC: the service's address alone (HOST[:PORT]).
+FEED_URL_RULE: Final = (
+    "isURL(self) && url(self).getHostname() != '' && ("
+    f"url(self).getScheme() in {_cel_list(subscriber_env.HTTP_FEED_SCHEMES)} || ("
+    f"url(self).getScheme() in {_cel_list(subscriber_env.GRPC_FEED_SCHEMES)} "
+    "&& url(self).getEscapedPath() in ['', '/'] "
+    "&& !self.contains('?') && !self.contains('#') && !self.contains('@')))"
+)
+FEED_URL_MESSAGE: Final = (
+    # Starts as the message did before gRPC: the words people and tests know.
+    "feed.url must be an absolute http:// or https:// URL with a host (an HTTP feed "
+    "endpoint, e.g. http://special-offers/events), or grpc://HOST[:PORT] or "
+    "grpcs://HOST[:PORT] with no path, query or user (a gRPC feed, e.g. "
+    f"grpc://special-offers:{GRPC_PORT})"
+)
+
+
 class Feed(_Model):
     url: str = Field(
-        description="The feed's URL, for example http://special-offers/events.",
+        description=(
+            "The feed's URL; its scheme picks the transport: the HTTP feed's endpoint "
+            "(http:// or https://, for example http://special-offers/events) or a service's "
+            f"gRPC feed (grpc://HOST[:PORT], port {GRPC_PORT} by default, or grpcs:// with TLS, "
+            "for example grpc://special-offers:9090)."
+        ),
         min_length=1,
         max_length=2048,
-        json_schema_extra=rules(
-            rule(
-                "isURL(self) && url(self).getScheme() in ['http', 'https'] "
-                "&& url(self).getHostname() != ''",
-                "feed.url must be an absolute http:// or https:// URL with a host",
-            )
-        ),
+        json_schema_extra=rules(rule(FEED_URL_RULE, FEED_URL_MESSAGE)),
     )
     event_types: tuple[EventType, ...] = Field(
         default=(),
@@ -200,7 +222,8 @@ class Feed(_Model):
         default=None,  # None: the subscriber's default
         description=(
             "Follow mode: how long one long poll of the feed waits for new events "
-            "(the subscriber's default is 20)."
+            "(over gRPC: how long a caught-up follower waits on its stream before it "
+            "refreshes its status; the subscriber's default is 20)."
         ),
         ge=0,
         le=30,
@@ -208,7 +231,8 @@ class Feed(_Model):
     retry_attempts: int | None = Field(
         default=None,
         description=(
-            "Retries of a transient feed error (connection, timeout, 429, 5xx) before the "
+            "Retries of a transient feed error (connection, timeout, 429, 5xx; gRPC "
+            "UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, CANCELLED) before the "
             "run fails (the subscriber's default is 8)."
         ),
         ge=0,
