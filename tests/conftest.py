@@ -1,4 +1,4 @@
-"""Fixtures shared by every tier: a PostgreSQL server and per-test databases."""
+"""Fixtures shared by every tier: a PostgreSQL server and per-test databases, a RabbitMQ node."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.postgres import fresh_database, throwaway_postgres
+from tests.support.rabbitmq import RabbitMQNode, throwaway_rabbitmq
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,13 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Run a test once on PostgreSQL and once on SQLite."""
     fixture = "postgres_url" if request.param == "postgresql" else "sqlite_url"
     return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQNode]:
+    """A throwaway RabbitMQ node with streams, for the session (tests/support/rabbitmq.py).
+
+    Fails (does not skip) when rabbitmq-server is not installed.
+    """
+    with throwaway_rabbitmq() as node:
+        yield node

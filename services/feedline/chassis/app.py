@@ -7,7 +7,9 @@ tables through a ``ServiceDefinition``.
 
 With ``FEEDLINE_GRPC_PORT`` set, the lifespan also serves the gRPC feed
 (``grpc_feed.py``) on that port, from the same event store, commit listener
-and authorizer; it stops first at shutdown.
+and authorizer; it stops first at shutdown. With ``FEEDLINE_BROKER_URL`` set,
+it runs the broker relay (``broker_relay.py``) in the background, which
+publishes the event store to the service's RabbitMQ stream.
 
 Start-up and the database: the database is prepared once (reached, tables
 created, event store claimed), before the HTTP server listens. A database not
@@ -35,6 +37,7 @@ from starlette.responses import Response
 
 from feedline import __version__
 from feedline.chassis.auth import create_authorizer
+from feedline.chassis.broker_relay import BrokerRelay, stream_arguments
 from feedline.chassis.eventstore import (
     NOTIFY_CHANNEL,
     EventStore,
@@ -201,6 +204,28 @@ def create_app(
                 await definition.on_startup(context)
             for client in context.clients.values():
                 cleanup.push_async_callback(client.aclose)
+            if (broker := settings.broker_address()) is not None:
+                # In the background: a broker that is down delays the stream, not the service.
+                relay = BrokerRelay(
+                    store,
+                    definition.name,
+                    broker,
+                    recheck_seconds=settings.long_poll_recheck_seconds,
+                    arguments=stream_arguments(
+                        max_age=settings.broker_stream_max_age,
+                        max_length_bytes=settings.broker_stream_max_length_bytes,
+                        max_segment_size_bytes=settings.broker_stream_max_segment_size_bytes,
+                    ),
+                    metrics=metrics,
+                    # Replicas on one PostgreSQL database elect one relay with a lock.
+                    lock_dsn=(
+                        database.url.asyncpg_dsn if database.dialect == "postgresql" else None
+                    ),
+                )
+                await relay.start()
+                # Stopped before the database and the commit listener go.
+                cleanup.push_async_callback(relay.stop)
+                _app.state.broker_relay = relay
             if settings.grpc_port is not None:
                 # The same store, commit signal (and listener) and authorizer as the HTTP feed.
                 grpc_feed = create_grpc_feed(

@@ -9,10 +9,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, FeedAuthSetting
+from feedline_contracts.broker import StreamAddress, parse_stream_url
 from feedline_contracts.database import DatabaseUrl
 
 # Where the start-up deadline is set; named when a service gives up waiting for its database.
@@ -95,7 +96,45 @@ class ServiceSettings(BaseSettings):
         default="127.0.0.1",
         description="the address the gRPC feed listens on (feedline serve: its --host)",
     )
+    broker_url: str | None = Field(
+        default=None,
+        description=(
+            "rabbitmq-stream://USER:PASSWORD@HOST[:5552]/VHOST (or rabbitmq-stream+tls://): "
+            "relay the event store's events to the service's RabbitMQ stream; unset: no relay"
+        ),
+    )
+    broker_stream_max_age: str | None = Field(
+        default="7D",
+        pattern=r"^[0-9]+(Y|M|D|h|m|s)$",
+        description=(
+            "the stream's retention by age, set when the relay creates it (RabbitMQ's max-age: "
+            "7D, 12h, ...); older events are read from the HTTP feed"
+        ),
+    )
+    broker_stream_max_length_bytes: int | None = Field(
+        default=20_000_000_000,
+        ge=1,
+        description="the stream's retention by size (max-length-bytes), set when it is created",
+    )
+    broker_stream_max_segment_size_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "the stream's segment size (retention drops whole segments); unset: RabbitMQ's "
+            "default (500 MB)"
+        ),
+    )
     log_level: str = "INFO"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_parses(cls, value: str | None) -> str | None:
+        if value:
+            parse_stream_url(value)  # a ValueError says what is wrong
+        return value or None
+
+    def broker_address(self) -> StreamAddress | None:
+        return parse_stream_url(self.broker_url) if self.broker_url else None
 
     def database_url_for(self, service: str) -> str:
         return self.database_url or default_database_url(service)
