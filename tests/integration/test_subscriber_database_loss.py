@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 
@@ -126,3 +127,39 @@ def wait_for_lines(process: subprocess.Popen[bytes], text: str, count: int) -> i
         assert line, "the follower exited instead of waiting"
         seen += text in line
     return seen
+
+
+async def test_a_follower_reconnects_when_its_database_drops_it(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """Follow mode: the read model's sessions terminated while the follower
+    waits at the head; the next events still arrive, each applied once."""
+    async with read_model_database("postgresql", postgres_server_url, tmp_path) as read_model:
+        database = parse_database_url(read_model).sqlalchemy_url.database
+        assert database is not None
+        with running_service("special-offers", f"sqlite:///{tmp_path / 'offers.db'}") as base_url:
+            follower = start_subscriber(
+                subscriber_env(
+                    "following", f"{base_url}/events", read_model, AUDITED, FEEDLINE_FOLLOW="true"
+                )
+            )
+            try:
+                async with httpx.AsyncClient(base_url=base_url) as client:
+                    for round_ in range(LOSSES + 1):
+                        created = await client.post("/offers", json={"description": f"#{round_}"})
+                        assert created.status_code == 201
+                        wanted = round_ + 1
+                        deadline = time.monotonic() + 60
+                        while (await checkpoint_position(read_model, "following") or 0) < wanted:
+                            assert time.monotonic() < deadline, f"event {wanted} never applied"
+                            await asyncio.sleep(0.05)
+                        if round_ < LOSSES:
+                            assert await terminate_sessions(postgres_server_url, database)
+            finally:
+                follower.send_signal(signal.SIGTERM)
+                finished = finish(follower, timeout=30)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        log = finished.stderr
+        assert "read-model database connection lost; reconnecting" in log, log[-3000:]
+        counts = await applied_counts(read_model, "following")
+        assert counts == {number: 1 for number in range(1, LOSSES + 2)}
