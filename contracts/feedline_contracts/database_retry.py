@@ -55,8 +55,18 @@ def backoff(first: float = FIRST_BACKOFF_SECONDS) -> wait_base:
     return wait_random_exponential(multiplier=first, max=MAX_BACKOFF_SECONDS)
 
 
+class _Unbounded:
+    """A limit whose attempts run as long as they take, between jittered waits."""
+
+    def bounded(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        return attempt
+
+    def wait(self, first: float) -> Callable[[RetryCallState], float]:
+        return backoff(first)
+
+
 @dataclass(frozen=True)
-class Retries:
+class Retries(_Unbounded):
     """Give up after ``count`` retries (``count + 1`` attempts); ``setting`` sets ``count``."""
 
     count: int
@@ -64,12 +74,6 @@ class Retries:
 
     def stop(self) -> stop_base:
         return stop_after_attempt(self.count + 1)
-
-    def bounded(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
-        return attempt
-
-    def wait(self, first: float) -> Callable[[RetryCallState], float]:
-        return backoff(first)
 
     def gave_up(self, state: RetryCallState) -> str:
         return f"gave up after {state.attempt_number - 1} retries; {self.setting}"
@@ -123,18 +127,12 @@ class Deadline:
 
 
 @dataclass(frozen=True)
-class UntilStopped:
+class UntilStopped(_Unbounded):
     """Keep retrying until the caller's stop event is set (a long-running
     follower waiting for its database, as long as it takes)."""
 
     def stop(self) -> stop_base:
         return stop_never
-
-    def bounded(self, attempt: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
-        return attempt
-
-    def wait(self, first: float) -> Callable[[RetryCallState], float]:
-        return backoff(first)
 
     def gave_up(self, _state: RetryCallState) -> str:
         return "stopped"

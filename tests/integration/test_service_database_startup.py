@@ -70,9 +70,7 @@ def serving(
         stop(proc, grace_seconds=10)
 
 
-def test_a_service_waits_for_a_postgresql_that_starts_after_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_service_waits_for_a_postgresql_that_starts_after_it(tmp_path: Path) -> None:
     try:
         postgres_support.find_bin_dir()
     except RuntimeError as exc:
@@ -96,10 +94,8 @@ def test_a_service_waits_for_a_postgresql_that_starts_after_it(
         # Waiting, it does not listen yet: not ready (kubelet's startupProbe covers it).
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{base}/health/ready", timeout=5)
-        # A real server comes up on the port the service waits for (the throwaway
-        # server takes the port it is given from free_port).
-        monkeypatch.setattr(postgres_support, "free_port", lambda: port)
-        with postgres_support.throwaway_postgres() as server:
+        # A real server comes up on the port the service waits for.
+        with postgres_support.throwaway_postgres(port=port) as server:
             assert server.port == port
             wait_until_ready(base, proc, log, timeout=120)
             created = httpx.post(f"{base}/offers", json={"description": "10% off"}, timeout=10)

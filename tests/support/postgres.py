@@ -93,12 +93,15 @@ def _wait_ready(
 
 
 @contextlib.contextmanager
-def throwaway_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
+def throwaway_postgres(
+    *, durable: bool = False, port: int | None = None
+) -> Iterator[PostgresServer]:
     """Run a private PostgreSQL server for the duration of the block.
 
     ``durable=False`` turns off fsync and friends: tests need isolation, not
     crash durability. Benchmarks pass ``durable=True`` so their ratios mean what
-    they say.
+    they say. ``port``: where it listens (default: a free one), for a test whose
+    client was told the address before the server existed.
     """
     bin_dir = find_bin_dir()
     prefix = _as_postgres_user()
@@ -126,7 +129,7 @@ def throwaway_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
         check=True,
         capture_output=True,
     )
-    port = free_port()
+    port = port or free_port()
     settings = ["-c", "max_connections=200"]
     if not durable:
         settings += [
