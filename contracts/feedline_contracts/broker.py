@@ -41,7 +41,7 @@ CONTENT_TYPE: Final = "application/json"
 # whichever replica relays, the broker keeps one last publishing id for it.
 PUBLISHER_REFERENCE: Final = "feedline-relay"
 
-_STREAM_NAME_PREFIX: Final = "feedline.events."
+STREAM_NAME_PREFIX: Final = "feedline.events."
 # Stream (queue) names: at most 255 bytes; service names are DNS labels.
 _SERVICE_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -50,7 +50,7 @@ def stream_name(service: str) -> str:
     """The stream that holds ``service``'s events: ``feedline.events.SERVICE``."""
     if not _SERVICE_NAME.fullmatch(service):
         raise ValueError(f"{service!r:.80} is not a service name (a DNS label)")
-    return f"{_STREAM_NAME_PREFIX}{service}"
+    return f"{STREAM_NAME_PREFIX}{service}"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ passes them to local processes. Every `feedline subscribe` flag has one.
 
 from typing import Final
 
+from feedline_contracts.broker import BROKER_URL_SETTING
 from feedline_contracts.summary import TERMINATION_MESSAGE_PATH
 
 # Every variable the subscriber reads starts with it, and the operator renders
@@ -56,3 +57,12 @@ GRPC_FEED_SCHEMES: Final = ("grpc", "grpcs")
 FEED_URL_SCHEMES: Final = (*HTTP_FEED_SCHEMES, *GRPC_FEED_SCHEMES)
 # A grpcs:// URL without a port: the TLS port (grpc:// defaults to feed.GRPC_PORT).
 GRPCS_DEFAULT_PORT: Final = 443
+
+# The RabbitMQ transport (docs/transports.md, "RabbitMQ"): both set, or neither.
+# Set, the subscriber reads the service's stream and uses FEED_URL (then an HTTP
+# feed) for the head and for what the stream no longer holds. The broker's URL
+# carries its credentials (rabbitmq-stream://USER:PASSWORD@HOST[:PORT]/VHOST), so
+# the operator renders it from a Secret (spec.feed.broker.urlSecretRef); it is the
+# variable that names the broker to a service's relay, too.
+BROKER_URL: Final = BROKER_URL_SETTING
+BROKER_STREAM: Final = "FEEDLINE_BROKER_STREAM"  # the service's stream, feedline.events.SERVICE
