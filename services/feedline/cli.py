@@ -76,11 +76,24 @@ def settings_error(exc: ValidationError) -> typer.BadParameter:
 
 @app.command()
 def serve(
-    service: Annotated[ServiceName, typer.Argument(help="which example service to run")],
+    service: Annotated[
+        str,
+        typer.Argument(
+            help=(
+                "an example service (special-offers, loyalty-program, shopping-cart, "
+                "product-catalog) or the import path of a ServiceDefinition, "
+                "package.module:attribute (e.g. gift_cards.service:definition)"
+            ),
+        ),
+    ],
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[
         int | None,
-        typer.Option(min=1, max=65535, help="port to listen on (default: the service's own)"),
+        typer.Option(
+            min=1,
+            max=65535,
+            help="port to listen on (default: an example's own, 8001-8004; 8080 for others)",
+        ),
     ] = None,
     database_url: Annotated[
         str | None,
@@ -110,13 +123,14 @@ def serve(
     event store), said in one line on stderr naming it and what to do.
     """
     import asyncio
+    import sys
 
     import uvicorn
 
     from feedline.chassis.app import ServiceDatabaseError, check_database, create_app
     from feedline.chassis.logs import configure_logging
     from feedline.chassis.settings import ServiceSettings
-    from feedline.services.registry import DEFAULT_PORTS, SERVICES
+    from feedline.services.registry import default_port, load_definition
 
     overrides: dict[str, object] = {"database_url": database_url} if database_url else {}
     if grpc_port is not None:
@@ -127,7 +141,14 @@ def serve(
     except ValidationError as exc:
         raise settings_error(exc) from exc
     configure_logging(settings.log_level)
-    definition = SERVICES[service.value]
+    if ":" in service and "" not in sys.path:
+        # As uvicorn does for module:app: a service's package in the working folder
+        # (a `feedline new-service` folder) is found without installing it.
+        sys.path.insert(0, "")
+    try:
+        definition = load_definition(service)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="SERVICE") from exc
     try:
         # check_database below prepares the database (waiting for it if need be), once:
         # the app's start-up then does not do it again.
@@ -139,7 +160,7 @@ def serve(
     except ServiceDatabaseError as exc:
         typer.echo(f"feedline serve: {exc}", err=True)
         raise typer.Exit(DATABASE_UNUSABLE) from None
-    http_port = port or DEFAULT_PORTS[service.value]
+    http_port = port or default_port(definition.name)
     try:
         uvicorn.run(
             application,
@@ -161,6 +182,39 @@ def serve(
         )
         typer.echo(f"feedline serve: {listen_error}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command("new-service")
+def new_service(
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="the service's name, e.g. gift-cards")
+    ],
+    directory: Annotated[
+        str, typer.Option(help="where to create the NAME folder", show_default="the working folder")
+    ] = ".",
+) -> None:
+    """Scaffold a service on the chassis: a command, a query, an event, its tests and manifests.
+
+    Writes DIRECTORY/NAME: the package (service.py, projection.py), its tests
+    (python -m pytest), values for the feedline-service chart and an
+    EventSubscription sample. Nothing that exists is overwritten.
+    """
+    from pathlib import Path
+
+    from feedline.scaffold import ScaffoldError, create_service
+
+    try:
+        written = create_service(name, Path(directory))
+    except ScaffoldError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    target = Path(directory) / name
+    for path in written:
+        typer.echo(f"  {target / path}")
+    package = name.replace("-", "_")
+    typer.echo(
+        f"Created {name} in {target}. Next: cd {target} && python -m pytest, then "
+        f"feedline serve {package}.service:definition"
+    )
 
 
 app.command("subscribe")(subscribe)
