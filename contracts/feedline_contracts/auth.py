@@ -6,6 +6,7 @@ environment variables accept them in any letter case (`none` = `None`).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Final
 
@@ -59,3 +60,25 @@ FeedAuthSetting = Annotated[FeedAuth, BeforeValidator(_refuse_old_names)]
 
 # The audience a projected ServiceAccount token is issued for and checked against.
 TOKEN_AUDIENCE: Final = "feedline"
+
+
+# Who may read a feed in ServiceAccountToken mode (docs/feed-protocol.md, "Authorisation"):
+# comma-separated names as a TokenReview reports them. The service chart renders it from
+# feedAuth.readers; unset or empty, every reader the TokenReview authenticates.
+READERS_SETTING: Final = "FEEDLINE_FEED_READERS"
+_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_SUBDOMAIN = rf"{_LABEL}(\.{_LABEL})*"
+READER_PATTERN = re.compile(
+    rf"system:serviceaccount:{_LABEL}:{_SUBDOMAIN}|system:serviceaccounts:{_LABEL}"
+)
+READER_FORMS = (
+    "system:serviceaccount:NAMESPACE:NAME (one ServiceAccount) or "
+    "system:serviceaccounts:NAMESPACE (every ServiceAccount of a namespace)"
+)
+
+
+def reader_problem(reader: str) -> str | None:
+    """What is wrong with one entry of the readers' list; None when it is usable."""
+    if READER_PATTERN.fullmatch(reader):
+        return None
+    return f"{reader!r:.120} is not a reader: use {READER_FORMS}"

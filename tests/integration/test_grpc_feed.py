@@ -327,7 +327,8 @@ async def test_token_auth_guards_the_feed_but_not_health_or_reflection(
 async def test_service_account_tokens_are_checked_by_token_review_over_grpc(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    """The authorizer of ServiceAccountToken mode, fed from metadata: accepted, refused, failed."""
+    """The authorizer of ServiceAccountToken mode, fed from metadata: accepted, refused
+    (UNAUTHENTICATED), not among the readers (PERMISSION_DENIED), failed (UNAVAILABLE)."""
     own = tmp_path / "token"
     own.write_text("own-sa-token")
 
@@ -335,15 +336,21 @@ async def test_service_account_tokens_are_checked_by_token_review_over_grpc(
         token = orjson.loads(request.content)["spec"]["token"]
         if token == "broken":
             return httpx.Response(500)
-        accepted = token == "subscriber-token"
-        return httpx.Response(
-            201, json={"status": {"authenticated": accepted, "audiences": ["feedline"]}}
-        )
+        user = {"subscriber-token": "subscriber", "other-token": "other"}.get(token)
+        status = {
+            "authenticated": user is not None,
+            "audiences": ["feedline"],
+            "user": {"username": f"system:serviceaccount:shop:{user}"},
+        }
+        return httpx.Response(201, json={"status": status})
 
     database = connect_database(sqlite_url)
     await create_tables(database, [])
     api = httpx.AsyncClient(base_url="https://api", transport=httpx.MockTransport(token_review))
-    authorizer = KubernetesTokenReview(api, own, "feedline")
+    # Authorisation too: only the subscriber's ServiceAccount may read (FEEDLINE_FEED_READERS).
+    authorizer = KubernetesTokenReview(
+        api, own, "feedline", readers=frozenset({"system:serviceaccount:shop:subscriber"})
+    )
     feed = EventFeedService(
         EventStore(database), authorizer, ServiceMetrics("special-offers"), recheck_seconds=1
     )
@@ -357,6 +364,7 @@ async def test_service_account_tokens_are_checked_by_token_review_over_grpc(
         for token, code in (
             ("someone-else", grpc.StatusCode.UNAUTHENTICATED),
             ("broken", grpc.StatusCode.UNAVAILABLE),
+            ("other-token", grpc.StatusCode.PERMISSION_DENIED),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await head(target, (("authorization", f"Bearer {token}"),))
@@ -365,6 +373,10 @@ async def test_service_account_tokens_are_checked_by_token_review_over_grpc(
             "the ServiceAccount token was not accepted for audience 'feedline'"
         )
         assert await refused_with(target, "broken") == "cannot check the token: TokenReview failed"
+        assert await refused_with(target, "other-token") == (
+            "system:serviceaccount:shop:other may not read this feed: "
+            "it is not among the feed's readers"
+        )
     finally:
         await server.stop()
         await api.aclose()

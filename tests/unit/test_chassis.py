@@ -216,6 +216,73 @@ async def test_token_review_rejects_unauthenticated_or_wrong_audience(
     assert error.value.status_code == 401
 
 
+SUBSCRIBER = "system:serviceaccount:shop:subscriber"  # who fake_token_review says the caller is
+
+
+@pytest.mark.parametrize(
+    "readers", [(SUBSCRIBER,), ("system:serviceaccounts:shop",), ()], ids=["user", "group", "none"]
+)
+async def test_a_reader_named_by_user_or_namespace_group_may_read(
+    tmp_path: Path, readers: tuple[str, ...]
+) -> None:
+    own = tmp_path / "token"
+    own.write_text("own-sa-token")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        status = {
+            "authenticated": True,
+            "audiences": ["feedline"],
+            "user": {"username": SUBSCRIBER, "groups": ["system:serviceaccounts:shop"]},
+        }
+        return httpx.Response(201, json={"status": status})
+
+    client = httpx.AsyncClient(base_url="https://api", transport=httpx.MockTransport(answer))
+    check = KubernetesTokenReview(client, own, "feedline", readers=frozenset(readers))
+    await check(request_with("Bearer caller-token"))  # no exception: allowed
+
+
+async def test_an_authenticated_reader_not_among_the_readers_is_forbidden(tmp_path: Path) -> None:
+    """403 naming the reader, never the allow-list; a cached review turns it away again."""
+    own = tmp_path / "token"
+    own.write_text("own-sa-token")
+    seen: list[dict[str, object]] = []
+    client = httpx.AsyncClient(
+        base_url="https://api", transport=fake_token_review(True, ["feedline"], seen)
+    )
+    allowed = frozenset({"system:serviceaccount:shop:other", "system:serviceaccounts:billing"})
+    check = KubernetesTokenReview(client, own, "feedline", readers=allowed)
+    for _ in range(2):
+        with pytest.raises(HTTPException) as error:
+            await check(request_with("Bearer caller-token"))
+        assert error.value.status_code == 403
+        assert error.value.detail == (
+            f"{SUBSCRIBER} may not read this feed: it is not among the feed's readers"
+        )
+        assert "other" not in str(error.value.detail)
+        assert "billing" not in str(error.value.detail)
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["loyalty", "system:serviceaccount:shop", "system:serviceaccount:Shop:x", "system:masters"],
+)
+def test_readers_must_be_serviceaccounts_or_namespaces(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("FEEDLINE_FEED_READERS", f"system:serviceaccounts:shop, {value}")
+    with pytest.raises(ValueError, match=r"is not a reader: use system:serviceaccount:NAMESPACE"):
+        ServiceSettings()
+
+
+def test_readers_need_serviceaccounttoken_mode() -> None:
+    settings = ServiceSettings(
+        feed_auth=FeedAuth.TOKEN, feed_token="t", feed_readers=("system:serviceaccounts:shop",)
+    )
+    with pytest.raises(ValueError, match="FEEDLINE_FEED_READERS needs FEEDLINE_FEED_AUTH="):
+        create_authorizer(settings)
+
+
 @pytest.mark.parametrize("name", ["", 'Quote"d', "with space", "a,b", "ü", "x" * 201, "new\nline"])
 def test_event_names_must_be_identifiers(name: str) -> None:
     with pytest.raises(ValueError, match="is not accepted: use 1 to 200 letters"):

@@ -19,6 +19,7 @@ import hmac
 import ssl
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,18 @@ TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
 class FeedAuthError(Exception):
-    """The reader may not read the feed; ``unavailable``: the check itself failed (try later)."""
+    """The reader may not read the feed.
 
-    def __init__(self, detail: str, *, unavailable: bool = False) -> None:
+    ``unavailable``: the check itself failed (try later; HTTP 503, gRPC UNAVAILABLE).
+    ``forbidden``: the reader is authenticated but not among the feed's readers
+    (HTTP 403, gRPC PERMISSION_DENIED). Neither: not authenticated (401, UNAUTHENTICATED).
+    """
+
+    def __init__(self, detail: str, *, unavailable: bool = False, forbidden: bool = False) -> None:
         super().__init__(detail)
         self.detail = detail
         self.unavailable = unavailable
+        self.forbidden = forbidden
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -69,6 +76,8 @@ class FeedAuthorizer(ABC):
         except FeedAuthError as exc:
             if exc.unavailable:
                 raise HTTPException(503, exc.detail) from exc
+            if exc.forbidden:
+                raise HTTPException(403, exc.detail) from exc
             raise _unauthorized(exc.detail) from exc
 
 
@@ -86,8 +95,27 @@ class StaticToken(FeedAuthorizer):
             raise FeedAuthError("the bearer token is not valid for this feed")
 
 
+@dataclass(frozen=True)
+class Reader:
+    """Who a TokenReview says the reader is."""
+
+    username: str  # system:serviceaccount:NAMESPACE:NAME for a ServiceAccount
+    groups: frozenset[str]  # system:serviceaccounts, system:serviceaccounts:NAMESPACE, ...
+
+    def is_among(self, readers: frozenset[str]) -> bool:
+        """Named by the allow-list: its username, or a group it is in (a whole namespace)."""
+        return self.username in readers or not readers.isdisjoint(self.groups)
+
+
 class KubernetesTokenReview(FeedAuthorizer):
-    """Accepts tokens that the API server's TokenReview authenticates for ``audience``."""
+    """Accepts tokens that the API server's TokenReview authenticates for ``audience``.
+
+    With ``readers`` (FEEDLINE_FEED_READERS), only those it names: a user name
+    (``system:serviceaccount:NAMESPACE:NAME``) or a group
+    (``system:serviceaccounts:NAMESPACE``: every ServiceAccount of a namespace).
+    Anyone else authenticated gets FeedAuthError(forbidden): authorisation, not
+    only authentication. Empty: every authenticated reader.
+    """
 
     def __init__(
         self,
@@ -95,12 +123,16 @@ class KubernetesTokenReview(FeedAuthorizer):
         own_token_file: Path,
         audience: str,
         cache_seconds: float = 60.0,
+        readers: frozenset[str] = frozenset(),
     ) -> None:
         self._client = client
         self._own_token_file = own_token_file
         self._audience = audience
         self._cache_seconds = cache_seconds
-        self._accepted_until: dict[str, float] = {}
+        self._readers = readers
+        # sha256(token) -> (until when, who it authenticated as): a reader turned away
+        # costs no TokenReview either while its token is cached.
+        self._reviewed: dict[str, tuple[float, Reader]] = {}
 
     async def review(self, token: str) -> dict[str, Any]:
         body = {
@@ -118,11 +150,20 @@ class KubernetesTokenReview(FeedAuthorizer):
         return status
 
     async def check(self, authorization: str | None) -> None:
-        token = bearer_token(authorization)
+        reader = await self._authenticate(bearer_token(authorization))
+        if self._readers and not reader.is_among(self._readers):
+            # Names the reader (it knows who it is), never the allow-list.
+            raise FeedAuthError(
+                f"{reader.username} may not read this feed: it is not among the feed's readers",
+                forbidden=True,
+            )
+
+    async def _authenticate(self, token: str) -> Reader:
         key = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
-        if self._accepted_until.get(key, 0.0) > now:
-            return
+        cached = self._reviewed.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         try:
             status = await self.review(token)
         except (httpx.HTTPError, ValueError) as exc:
@@ -134,11 +175,19 @@ class KubernetesTokenReview(FeedAuthorizer):
             raise FeedAuthError(
                 f"the ServiceAccount token was not accepted for audience {self._audience!r}"
             )
-        self._accepted_until[key] = now + self._cache_seconds
+        user = status.get("user") or {}
+        reader = Reader(str(user.get("username", "")), frozenset(user.get("groups") or ()))
+        self._reviewed[key] = (now + self._cache_seconds, reader)
+        return reader
 
 
 def create_authorizer(settings: ServiceSettings) -> tuple[FeedAuthorizer, httpx.AsyncClient | None]:
     """The authorizer for the configured mode, and a client to close at shutdown."""
+    if settings.feed_readers and settings.feed_auth is not FeedAuth.SERVICE_ACCOUNT_TOKEN:
+        raise ValueError(
+            "FEEDLINE_FEED_READERS needs FEEDLINE_FEED_AUTH=ServiceAccountToken: only a "
+            f"TokenReview says who a reader is (FEEDLINE_FEED_AUTH is {settings.feed_auth.value})"
+        )
     if settings.feed_auth is FeedAuth.NONE:
         return AllowAnyone(), None
     if settings.feed_auth is FeedAuth.TOKEN:
@@ -154,7 +203,10 @@ def create_authorizer(settings: ServiceSettings) -> tuple[FeedAuthorizer, httpx.
     client = httpx.AsyncClient(base_url=settings.kubernetes_api_url, verify=verify, timeout=10)
     return (
         KubernetesTokenReview(
-            client, settings.kubernetes_token_file, settings.token_review_audience
+            client,
+            settings.kubernetes_token_file,
+            settings.token_review_audience,
+            readers=frozenset(settings.feed_readers),
         ),
         client,
     )

@@ -194,9 +194,11 @@ class EventFeedService(feed_pb2_grpc.EventFeedServicer):
         try:
             await self._authorizer.check(authorization)
         except FeedAuthError as exc:
-            code = (
-                grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.UNAUTHENTICATED
-            )
+            code = grpc.StatusCode.UNAUTHENTICATED
+            if exc.unavailable:
+                code = grpc.StatusCode.UNAVAILABLE
+            elif exc.forbidden:
+                code = grpc.StatusCode.PERMISSION_DENIED
             await _abort(context, code, exc.detail)
 
     async def _read(

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth, FeedAuthSetting
+from feedline_contracts.auth import (
+    READER_FORMS,
+    TOKEN_AUDIENCE,
+    FeedAuth,
+    FeedAuthSetting,
+    reader_problem,
+)
 from feedline_contracts.broker import StreamAddress, parse_stream_url
 from feedline_contracts.database import DatabaseUrl
 
@@ -44,6 +51,13 @@ class ServiceSettings(BaseSettings):
     )
     feed_token_file: Path | None = Field(
         default=None, description="a file holding the bearer token when feed_auth=Token"
+    )
+    feed_readers: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "ServiceAccountToken mode: who may read the feed, comma-separated: "
+            f"{READER_FORMS}; others get 403. Empty: every authenticated reader"
+        ),
     )
     token_review_audience: str = TOKEN_AUDIENCE
     kubernetes_api_url: str = Field(
@@ -125,6 +139,17 @@ class ServiceSettings(BaseSettings):
         ),
     )
     log_level: str = "INFO"
+
+    @field_validator("feed_readers", mode="before")
+    @classmethod
+    def _readers_listed(cls, value: object) -> object:
+        if isinstance(value, str):  # the variable: comma-separated, blanks ignored
+            value = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        if isinstance(value, tuple | list):
+            problems = [problem for entry in value if (problem := reader_problem(str(entry)))]
+            if problems:
+                raise ValueError("; ".join(problems))
+        return value
 
     @field_validator("broker_url")
     @classmethod
