@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedline_contracts import subscriber_env as env_names
-from feedline_contracts.eventsubscription import EventSubscription, Quantities
+from feedline_contracts.eventsubscription import EventSubscription, Quantities, SecretKeyRef
 from feedline_contracts.follower import HEALTH_PATH
 from feedline_operator import names
 
@@ -42,6 +42,8 @@ RENDERED_ENV = (
     env_names.FEED_WAIT_SECONDS,
     env_names.FEED_RETRY_ATTEMPTS,
     env_names.DATABASE_RETRIES,
+    env_names.BROKER_URL,
+    env_names.BROKER_STREAM,
 )
 
 
@@ -117,10 +119,15 @@ def _optional(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
+def _secret_env(name: str, ref: SecretKeyRef) -> Manifest:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
 def subscriber_env(sub: EventSubscription) -> list[Manifest]:
     """The container's env: every subscriber setting, from the spec.
 
-    The DSN comes from the Secret by reference; the operator never reads it.
+    The DSN and the broker's URL (it holds the broker's credentials) come from
+    their Secrets by reference; the operator never reads them.
     """
     spec = sub.spec
     follow = spec.mode == "Follow"
@@ -161,14 +168,18 @@ def subscriber_env(sub: EventSubscription) -> list[Manifest]:
         (env_names.DATABASE_RETRIES, _optional(spec.read_model.retry_attempts)),
     ]
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain if v is not None]
-    dsn = spec.read_model.database_secret_ref
     env.insert(
         [e["name"] for e in env].index(env_names.PROJECTION),
-        {
-            "name": env_names.DATABASE_URL,
-            "valueFrom": {"secretKeyRef": {"name": dsn.name, "key": dsn.key}},
-        },
+        _secret_env(env_names.DATABASE_URL, spec.read_model.database_secret_ref),
     )
+    broker = spec.feed.broker
+    if broker is not None:
+        # The stream beside the feed it falls back to; the URL by reference.
+        at = [e["name"] for e in env].index(env_names.FEED_URL) + 1
+        env[at:at] = [
+            _secret_env(env_names.BROKER_URL, broker.url_secret_ref),
+            {"name": env_names.BROKER_STREAM, "value": broker.stream},
+        ]
     env.extend({"name": e.name, "value": e.value or ""} for e in spec.subscriber.env)
     return env
 

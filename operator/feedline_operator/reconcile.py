@@ -120,6 +120,8 @@ def missing_secrets(kube: Kube, sub: EventSubscription) -> list[str]:
     ]
     if sub.spec.feed.auth.type == "Token" and sub.spec.feed.auth.secret_ref is not None:
         refs.append(("feed.auth.secretRef", sub.spec.feed.auth.secret_ref))
+    if sub.spec.feed.broker is not None:
+        refs.append(("feed.broker.urlSecretRef", sub.spec.feed.broker.url_secret_ref))
     problems = []
     for field_name, ref in refs:
         secret = kube.get(object_path("v1", "Secret", sub.namespace, ref.name))

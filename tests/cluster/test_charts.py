@@ -83,11 +83,15 @@ def restricted_namespace(
     delete_namespace(kube_api, name)
 
 
-def render(helm: Path, chart: Path, namespace: str, *values: str) -> list[dict[str, Any]]:
+def render(
+    helm: Path, chart: Path, namespace: str, *values: str, values_file: Path | None = None
+) -> list[dict[str, Any]]:
     argv: list[str | Path] = [
         helm, "template", "feedline-demo", chart, "--namespace", namespace,
         "--kube-version", KUBE_VERSION,
     ]  # fmt: skip
+    if values_file is not None:
+        argv += ["-f", values_file]
     for value in values:
         argv += ["--set", value]
     return [doc for doc in yaml.safe_load_all(run(argv)) if doc]
@@ -370,3 +374,232 @@ def test_service_chart_grpc_objects_are_accepted(
     created = run([kubectl, f"--kubeconfig={kubeconfig}", f"--namespace={namespace}", "create",
                    "--dry-run=server", "--validate=strict", "-f", objects])  # fmt: skip
     assert created.count("created (server dry run)") == len(docs), created
+
+
+BROKER_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "rabbitmq"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "rabbitmq"}},
+}
+DATABASE_EGRESS = (
+    "networkPolicy.egress[0].to[0].podSelector.matchLabels.app=db",
+    "networkPolicy.egress[0].ports[0].port=5432",
+)
+
+
+def broker_values(*extra: str) -> tuple[str, ...]:
+    return (
+        "feedlineService=special-offers",
+        "broker.enabled=true",
+        "broker.urlSecret.name=rabbitmq",
+        *extra,
+    )
+
+
+def test_service_chart_relays_to_a_broker_when_asked(helm: Path, tmp_path: Path) -> None:
+    """broker.enabled: FEEDLINE_BROKER_URL from the Secret key (never a value), retention
+    settings only when set, and with restricted egress a rule to the broker; off by default."""
+
+    def objects(*values: str) -> dict[str, dict[str, Any]]:
+        docs = render(helm, SERVICE_CHART, "shop", *values)
+        return {doc["kind"]: doc for doc in docs if doc["kind"] != "ServiceAccount"}
+
+    def broker_env(found: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        (container,) = found["Deployment"]["spec"]["template"]["spec"]["containers"]
+        return {
+            e["name"]: e.get("value", e.get("valueFrom"))
+            for e in container["env"]
+            if e["name"].startswith("FEEDLINE_BROKER_")
+        }
+
+    def egress(found: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(found["NetworkPolicy"]["spec"].get("egress", []))
+
+    # Off by default: no variable, no rule (restricted egress or not).
+    assert broker_env(objects("feedlineService=special-offers")) == {}
+    plain = egress(objects("feedlineService=special-offers", *DATABASE_EGRESS))
+    assert all(5552 not in [p["port"] for p in rule.get("ports", [])] for rule in plain)
+
+    found = objects(*broker_values())
+    assert broker_env(found) == {
+        "FEEDLINE_BROKER_URL": {"secretKeyRef": {"name": "rabbitmq", "key": "url"}}
+    }
+    # Unrestricted egress needs no rule.
+    assert found["NetworkPolicy"]["spec"]["policyTypes"] == ["Ingress"]
+    assert egress(found) == []
+
+    retention = objects(
+        *broker_values(
+            "broker.urlSecret.key=uri",
+            "broker.stream.maxAge=2D",
+            "broker.stream.maxLengthBytes=20000000000",
+            "broker.stream.maxSegmentSizeBytes=100000000",
+        )
+    )
+    assert broker_env(retention) == {
+        "FEEDLINE_BROKER_URL": {"secretKeyRef": {"name": "rabbitmq", "key": "uri"}},
+        "FEEDLINE_BROKER_STREAM_MAX_AGE": "2D",
+        "FEEDLINE_BROKER_STREAM_MAX_LENGTH_BYTES": "20000000000",
+        "FEEDLINE_BROKER_STREAM_MAX_SEGMENT_SIZE_BYTES": "100000000",
+    }
+
+    # Restricted egress: DNS, then the broker (its port on any address, or its peers), then
+    # the chart user's rules.
+    restricted = egress(objects(*broker_values(*DATABASE_EGRESS)))
+    assert restricted[1] == {"ports": [{"port": 5552, "protocol": "TCP"}]}
+    assert restricted[2]["ports"] == [{"port": 5432}]
+    values_file = tmp_path / "broker.yaml"
+    values_file.write_text(
+        yaml.safe_dump({"broker": {"networkPolicy": {"to": [BROKER_PEER], "port": 5551}}})
+    )
+    peers = render(
+        helm, SERVICE_CHART, "shop", *broker_values(*DATABASE_EGRESS), values_file=values_file
+    )
+    (policy,) = [doc for doc in peers if doc["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["egress"][1] == {
+        "ports": [{"port": 5551, "protocol": "TCP"}],
+        "to": [BROKER_PEER],
+    }
+
+    # The Secret is required; the schema checks the retention and the port.
+    def refused(*values: str) -> str:
+        argv: list[str | Path] = [
+            helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+        ]  # fmt: skip
+        for value in values:
+            argv += ["--set", value]
+        return run(argv, ok=False)
+
+    assert "broker.urlSecret.name is required when broker.enabled" in refused(
+        "feedlineService=special-offers", "broker.enabled=true"
+    )
+    assert "/broker/stream/maxAge" in refused(*broker_values("broker.stream.maxAge=7 days"))
+    assert "/broker/networkPolicy/port" in refused(
+        *broker_values("broker.networkPolicy.port=70000")
+    )
+    misspelt = refused(*broker_values("broker.streams.maxAge=7D")).lower()
+    assert "streams" in misspelt
+    assert "additional properties" in misspelt or "not allowed" in misspelt
+
+    env = helm_env(tmp_path / ".helm")
+    run([helm, "lint", "--strict", SERVICE_CHART, "-f", values_file,
+         *(a for v in broker_values(*DATABASE_EGRESS) for a in ("--set", v))], env=env)  # fmt: skip
+
+
+def test_service_chart_broker_objects_are_accepted(
+    namespace: str, helm: Path, kubectl: Path, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """With broker.enabled (retention set, egress restricted to a database and the broker's
+    peers), every object passes a strict server-side dry run, and so does the install
+    (its notes name the stream)."""
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(
+        yaml.safe_dump(
+            {
+                "feedlineService": "special-offers",
+                "broker": {
+                    "enabled": True,
+                    "urlSecret": {"name": "rabbitmq-credentials", "key": "url"},
+                    "stream": {"maxAge": "2D", "maxLengthBytes": 20_000_000_000},
+                    "networkPolicy": {"to": [BROKER_PEER]},
+                },
+                "networkPolicy": {
+                    "egress": [
+                        {
+                            "to": [{"podSelector": {"matchLabels": {"app": "db"}}}],
+                            "ports": [{"port": 5432, "protocol": "TCP"}],
+                        }
+                    ]
+                },
+            }
+        )
+    )
+    rendered = run(
+        [helm, "template", "special-offers", SERVICE_CHART, "--namespace", namespace,
+         "--kube-version", KUBE_VERSION, "-f", values_file]
+    )  # fmt: skip
+    docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    objects = tmp_path / "service.yaml"
+    objects.write_text(yaml.safe_dump_all(docs))
+    created = run([kubectl, f"--kubeconfig={kubeconfig}", f"--namespace={namespace}", "create",
+                   "--dry-run=server", "--validate=strict", "-f", objects])  # fmt: skip
+    assert created.count("created (server dry run)") == len(docs), created
+
+    notes = run(
+        [helm, "install", "special-offers", SERVICE_CHART, f"--kubeconfig={kubeconfig}",
+         f"--namespace={namespace}", "-f", values_file, "--dry-run=server"],
+        env=helm_env(tmp_path / ".helm"),
+    )  # fmt: skip
+    assert "feedline.events.special-offers" in notes
+    assert "spec.feed.broker: {urlSecretRef: {name: ..., key: ...}" in notes
+
+
+def test_demo_subscribers_may_reach_grpc_and_the_broker_the_services_offer(
+    helm: Path,
+    kubectl: Path,
+    kubeconfig: Path,
+    namespace: str,
+    demo_chart: Path,
+    tmp_path: Path,
+) -> None:
+    """The subscribers' NetworkPolicy: HTTP (8080) to every service; the gRPC port of each
+    service with grpc.enabled; the broker of each service with broker.enabled."""
+
+    def subscriber_egress(*values: str, values_file: Path | None = None) -> list[dict[str, Any]]:
+        docs = render(helm, demo_chart, namespace, *values, values_file=values_file)
+        (policy,) = [
+            d for d in docs
+            if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "feedline-demo-subscribers"
+        ]  # fmt: skip
+        return list(policy["spec"]["egress"])
+
+    def feed_ports(egress: list[dict[str, Any]]) -> list[int]:
+        services = {
+            "app.kubernetes.io/component": "service",
+            "app.kubernetes.io/part-of": "feedline",
+        }
+        (feeds,) = [
+            r for r in egress if r.get("to") == [{"podSelector": {"matchLabels": services}}]
+        ]
+        return [p["port"] for p in feeds["ports"]]
+
+    default = subscriber_egress()
+    assert feed_ports(default) == [8080]
+    assert len(default) == 3  # DNS, the feeds, the read-model databases
+
+    grpc = subscriber_egress(
+        "specialOffers.grpc.enabled=true",
+        "loyaltyProgram.grpc.enabled=true",
+        "loyaltyProgram.grpc.port=9443",
+        "shoppingCart.grpc.enabled=true",  # 9090 again: once
+    )
+    assert feed_ports(grpc) == [8080, 9090, 9443]
+
+    values_file = tmp_path / "broker.yaml"
+    broker = {
+        "enabled": True,
+        "urlSecret": {"name": "rabbitmq-credentials"},
+        "networkPolicy": {"to": [BROKER_PEER]},
+    }
+    # Two services on one broker: one rule.
+    values_file.write_text(
+        yaml.safe_dump({"specialOffers": {"broker": broker}, "productCatalog": {"broker": broker}})
+    )
+    with_broker = subscriber_egress(values_file=values_file)
+    broker_rules = [r for r in with_broker if r.get("to") == [BROKER_PEER]]
+    assert broker_rules == [{"ports": [{"port": 5552, "protocol": "TCP"}], "to": [BROKER_PEER]}]
+    assert feed_ports(with_broker) == [8080]
+
+    # The policies (the subscribers' and the services') pass a strict server-side dry run.
+    docs = render(
+        helm, demo_chart, namespace, "specialOffers.grpc.enabled=true", values_file=values_file
+    )
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    special_offers = next(p for p in policies if p["metadata"]["name"] == "special-offers")
+    assert {"ports": [{"port": 5552, "protocol": "TCP"}], "to": [BROKER_PEER]} in (
+        special_offers["spec"]["egress"]
+    )
+    objects = tmp_path / "policies.yaml"
+    objects.write_text(yaml.safe_dump_all(policies))
+    created = run([kubectl, f"--kubeconfig={kubeconfig}", f"--namespace={namespace}", "create",
+                   "--dry-run=server", "--validate=strict", "-f", objects])  # fmt: skip
+    assert created.count("created (server dry run)") == len(policies), created

@@ -315,6 +315,44 @@ def test_missing_secret_is_not_ready_with_a_warning_until_it_appears(
     wait_condition(kube_api, namespace, "s", "Ready", "True", timeout=30)
 
 
+@pytest.mark.usefixtures("operator", "read_model_secret")
+def test_broker_subscription_gets_its_url_by_reference_and_waits_for_its_secret(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    """spec.feed.broker: the child's pod reads FEEDLINE_BROKER_URL from the Secret key and
+    FEEDLINE_BROKER_STREAM as a value; until that Secret exists, Ready=False names it."""
+    broker = {
+        "urlSecretRef": {"name": "rabbitmq-credentials", "key": "url"},
+        "stream": "feedline.events.special-offers",
+    }
+    create(
+        kube_api,
+        namespace,
+        subscription("s", feed={"url": "http://special-offers/events", "broker": broker}),
+    )
+    body = wait_condition(kube_api, namespace, "s", "Ready", "False")
+    ready = condition(body, "Ready")
+    assert ready["reason"] == "SecretNotFound"
+    assert "feed.broker.urlSecretRef: Secret rabbitmq-credentials not found" in ready["message"]
+
+    child = wait_for(lambda: cronjob(kube_api, namespace, "s"), timeout=20, what="CronJob")
+    (container,) = child["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FEEDLINE_BROKER_URL"]["valueFrom"] == {
+        "secretKeyRef": {"name": "rabbitmq-credentials", "key": "url"}
+    }
+    assert env["FEEDLINE_BROKER_STREAM"]["value"] == "feedline.events.special-offers"
+
+    apis.core(kube_api).create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "rabbitmq-credentials"},
+            "stringData": {"url": "rabbitmq-stream://feedline:secret@rabbitmq:5552/%2F"},
+        },
+    )
+    wait_condition(kube_api, namespace, "s", "Ready", "True", timeout=30)
+
+
 @pytest.mark.usefixtures("read_model_secret")
 def test_run_now_creates_a_job_and_clears_the_annotation(
     kube_api: client.ApiClient, namespace: str, operator_kubeconfig: Path

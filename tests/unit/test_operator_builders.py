@@ -225,3 +225,45 @@ def test_feed_wait_and_retries_are_rendered_from_the_spec_only_when_set() -> Non
     feed = {**sample("subscription-cronjob")["spec"]["feed"], "waitSeconds": 5, "retryAttempts": 0}
     env = {e["name"]: e.get("value") for e in builders.subscriber_env(_sub(feed=feed))}
     assert (env[env_names.FEED_WAIT_SECONDS], env[env_names.FEED_RETRY_ATTEMPTS]) == ("5", "0")
+
+
+BROKER = {
+    "urlSecretRef": {"name": "rabbitmq-credentials", "key": "url"},
+    "stream": "feedline.events.special-offers",
+}
+
+
+@pytest.mark.parametrize("name", ["subscription-cronjob", "subscription-follow"])
+def test_broker_url_comes_from_its_secret_and_the_stream_is_a_value(name: str) -> None:
+    """The broker's URL holds its credentials: rendered by secretKeyRef, like the DSN."""
+    feed = {**sample(name)["spec"]["feed"], "url": "http://special-offers/events"}
+    sub = _sub(name, feed={**feed, "broker": BROKER})
+    env = builders.subscriber_env(sub)
+    by_name = {e["name"]: e for e in env}
+    assert by_name[env_names.BROKER_URL] == {
+        "name": env_names.BROKER_URL,
+        "valueFrom": {"secretKeyRef": {"name": "rabbitmq-credentials", "key": "url"}},
+    }
+    assert by_name[env_names.BROKER_STREAM] == {
+        "name": env_names.BROKER_STREAM,
+        "value": "feedline.events.special-offers",
+    }
+    # The HTTP feed stays: the head, and what the stream no longer holds.
+    assert by_name[env_names.FEED_URL]["value"] == "http://special-offers/events"
+    order = [e["name"] for e in env]
+    assert order.index(env_names.BROKER_URL) == order.index(env_names.FEED_URL) + 1
+    assert {env_names.BROKER_URL, env_names.BROKER_STREAM} <= set(builders.RENDERED_ENV)
+    # Nothing else changes for the pod: no volume, no port, no other credential.
+    plain = builders.build_child(_sub(name), DEFAULTS)
+    with_broker = builders.build_child(sub, DEFAULTS)
+    assert _pod_spec(with_broker)["volumes"] == _pod_spec(plain)["volumes"]
+    (container,) = _pod_spec(with_broker)["containers"]
+    (plain_container,) = _pod_spec(plain)["containers"]
+    assert container.get("ports") == plain_container.get("ports")
+    assert container["volumeMounts"] == plain_container["volumeMounts"]
+
+
+def test_without_a_broker_no_broker_variable_is_rendered() -> None:
+    for name in ("subscription-cronjob", "subscription-follow"):
+        rendered = {e["name"] for e in builders.subscriber_env(_sub(name))}
+        assert not rendered & {env_names.BROKER_URL, env_names.BROKER_STREAM}

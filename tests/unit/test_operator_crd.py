@@ -14,11 +14,13 @@ from croniter import croniter
 from feedline.dev.schema import evaluate_rule
 from feedline_contracts import subscriber_env as env_names
 from feedline_contracts.auth import FeedAuth
+from feedline_contracts.broker import STREAM_NAME_PREFIX, stream_name
 from feedline_contracts.eventsubscription import (
     RESERVED_ENV_MESSAGE,
     Auth,
     EventSubscriptionSpec,
     Replay,
+    SecretKeyRef,
 )
 from feedline_operator.builders import RENDERED_ENV
 from feedline_subscriber.settings import FLAGS
@@ -174,3 +176,57 @@ def test_every_variable_the_subscriber_reads_is_rendered_by_the_operator() -> No
     read = {variable for _flag, variable in FLAGS.values()}
     assert read <= set(RENDERED_ENV), read - set(RENDERED_ENV)
     assert all(name.startswith(env_names.PREFIX) for name in RENDERED_ENV)
+
+
+def _feed_schema() -> dict[str, Any]:
+    feed: dict[str, Any] = crd_schema()["properties"]["spec"]["properties"]["feed"]
+    return feed
+
+
+@pytest.mark.parametrize("service", ["special-offers", "a", "x" * 63, "loyalty-program-2"])
+def test_broker_stream_rule_accepts_every_stream_a_relay_publishes_to(service: str) -> None:
+    stream = _feed_schema()["properties"]["broker"]["properties"]["stream"]
+    (rule,) = stream["x-kubernetes-validations"]
+    assert evaluate_rule(rule["rule"], stream_name(service)) is True
+    assert len(stream_name(service)) <= stream["maxLength"]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        "special-offers",  # the service alone
+        "events.special-offers",
+        "feedline.events.",  # no service
+        "feedline.events.Special-Offers",
+        "feedline.events.special_offers",
+        "feedline.events.-offers",
+        "feedline.events.offers-",
+        "feedline.events.special.offers",
+        "feedline-events-special-offers",  # the dots are dots, not any character
+        "feedline.events." + "x" * 64,
+        " feedline.events.special-offers",
+    ],
+)
+def test_broker_stream_rule_refuses_anything_else_naming_the_field(stream: str) -> None:
+    (rule,) = _feed_schema()["properties"]["broker"]["properties"]["stream"][
+        "x-kubernetes-validations"
+    ]
+    assert evaluate_rule(rule["rule"], stream) is False
+    # Built from the contracts' prefix; the message names the field and the form.
+    assert STREAM_NAME_PREFIX in rule["rule"].replace("[.]", ".")
+    assert rule["message"].startswith(f"feed.broker.stream must be {STREAM_NAME_PREFIX}SERVICE")
+
+
+def test_broker_needs_an_http_feed_url() -> None:
+    feed = _feed_schema()
+    (rule,) = feed["x-kubernetes-validations"]
+    assert (rule["fieldPath"], rule["reason"]) == (".url", "FieldValueInvalid")
+    broker = {"urlSecretRef": {"name": "rabbitmq", "key": "url"}, "stream": "feedline.events.x"}
+    for url in [f"{scheme}://special-offers/events" for scheme in env_names.HTTP_FEED_SCHEMES]:
+        assert evaluate_rule(rule["rule"], {"url": url, "broker": broker}) is True
+    for url in ["grpc://special-offers:9090", "grpcs://special-offers", "special-offers"]:
+        assert evaluate_rule(rule["rule"], {"url": url, "broker": broker}) is False, url
+        assert evaluate_rule(rule["rule"], {"url": url}) is True  # no broker: the url's own rule
+    assert feed["properties"]["broker"]["required"] == ["urlSecretRef", "stream"]
+    secret = feed["properties"]["broker"]["properties"]["urlSecretRef"]
+    assert secret["required"] == list(SecretKeyRef.model_fields)

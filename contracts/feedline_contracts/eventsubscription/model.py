@@ -33,6 +33,7 @@ from pydantic.config import JsonDict
 
 from feedline_contracts import subscriber_env
 from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth
+from feedline_contracts.broker import STREAM_NAME_PREFIX, STREAM_PORT, STREAM_SCHEME
 from feedline_contracts.feed import GRPC_PORT
 from feedline_contracts.summary import TERMINATION_MESSAGE_LIMIT, Outcome
 
@@ -200,7 +201,61 @@ FEED_URL_MESSAGE: Final = (
 )
 
 
+# spec.feed.broker.stream: the stream a service's relay publishes to,
+# feedline_contracts.broker.stream_name(SERVICE): the prefix, then a DNS label.
+DNS_LABEL: Final = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+# RE2 in a CEL string: a dot as `[.]`, so the pattern needs no backslash escapes.
+BROKER_STREAM_PATTERN: Final = (
+    "^" + "".join("[.]" if c == "." else c for c in STREAM_NAME_PREFIX) + DNS_LABEL + "$"
+)
+BROKER_STREAM_MAX_LENGTH: Final = len(STREAM_NAME_PREFIX) + 63
+BROKER_STREAM_MESSAGE: Final = (
+    f"feed.broker.stream must be {STREAM_NAME_PREFIX}SERVICE, SERVICE a DNS label (lower-case "
+    "letters, digits and '-', at most 63 characters): the stream the service's relay "
+    f"publishes to, e.g. {STREAM_NAME_PREFIX}special-offers"
+)
+# With a broker, feed.url is the HTTP feed: what the stream no longer holds, and the head.
+BROKER_FEED_URL_RULE: Final = (
+    "!has(self.broker) || (isURL(self.url) && "
+    f"url(self.url).getScheme() in {_cel_list(subscriber_env.HTTP_FEED_SCHEMES)})"
+)
+BROKER_FEED_URL_MESSAGE: Final = (
+    "feed.url must be an http:// or https:// URL (the service's HTTP feed, e.g. "
+    "http://special-offers/events) when feed.broker is set: the subscriber reads the head "
+    "and what the stream no longer holds from it"
+)
+
+
+class Broker(_Model):
+    """spec.feed.broker: read the service's RabbitMQ stream (docs/transports.md)."""
+
+    url_secret_ref: SecretKeyRef = Field(
+        description=(
+            "The Secret key that holds the broker's URL, "
+            f"{STREAM_SCHEME}://USER:PASSWORD@HOST[:PORT]/VHOST (port {STREAM_PORT} by default; "
+            f"{STREAM_SCHEME}+tls:// for TLS); the pod gets it by secretKeyRef."
+        )
+    )
+    stream: str = Field(
+        description=(
+            f"The service's stream, {STREAM_NAME_PREFIX}SERVICE (for example "
+            f"{STREAM_NAME_PREFIX}special-offers)."
+        ),
+        min_length=1,
+        max_length=BROKER_STREAM_MAX_LENGTH,
+        json_schema_extra=rules(
+            rule(f"self.matches('{BROKER_STREAM_PATTERN}')", BROKER_STREAM_MESSAGE)
+        ),
+    )
+
+
 class Feed(_Model):
+    model_config = ConfigDict(
+        json_schema_extra=rules(
+            rule(BROKER_FEED_URL_RULE, BROKER_FEED_URL_MESSAGE, field_path=".url"),
+        )
+    )
+
     url: str = Field(
         description=(
             "The feed's URL; its scheme picks the transport: the HTTP feed's endpoint "
@@ -239,6 +294,14 @@ class Feed(_Model):
         le=100,
     )
     auth: Auth = Field(default=Auth(), description="How the subscriber authenticates to the feed.")
+    broker: Broker | None = Field(
+        default=None,
+        description=(
+            "Read the service's events from its RabbitMQ stream instead (the RabbitMQ "
+            "transport); url is then the service's HTTP feed, read for the head and for what "
+            "the stream no longer holds (retention)."
+        ),
+    )
 
 
 class ReadModel(_Model):
@@ -379,7 +442,12 @@ class EventSubscriptionSpec(_Model):
         )
     )
 
-    feed: Feed = Field(description="The HTTP event feed to read (Feed protocol v1).")
+    feed: Feed = Field(
+        description=(
+            "The event feed to read (Feed protocol v1): over HTTP, gRPC or, with broker, "
+            "a RabbitMQ stream."
+        )
+    )
     mode: Literal["CronJob", "Follow"] = Field(
         default="CronJob",
         description=(
