@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-from enum import StrEnum
-from typing import Annotated
+from collections.abc import MutableMapping
+from typing import Annotated, Any
 
 import typer
 
+from feedline_contracts.logs import LogFormat, configure_logging
 from feedline_operator.builders import ChildDefaults
 
 
-class LogFormat(StrEnum):
-    json = "json"
-    plain = "plain"
+def kopf_object_fields(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """kopf's per-object records: the object as ``object``, without kopf's internals.
+
+    kopf's object loggers pass ``k8s_ref`` (apiVersion, kind, namespace, name,
+    uid), ``k8s_skip`` and its whole ``settings`` as record extras.
+    """
+    reference = event.pop("k8s_ref", None)
+    event.pop("k8s_skip", None)
+    event.pop("settings", None)
+    if reference:
+        event["object"] = reference
+    return event
 
 
 def credentials_problem(kubeconfig: str | None) -> str | None:
@@ -86,7 +98,9 @@ def operator(
         float, typer.Option(help="Reconcile every subscription at least this often.", min=1)
     ] = 60.0,
     workers: Annotated[int, typer.Option(help="Handler threads.", min=1, max=256)] = 8,
-    log_format: Annotated[LogFormat, typer.Option(help="json or plain.")] = LogFormat.json,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="json or plain: the same fields (feedline_contracts.logs).")
+    ] = LogFormat.JSON,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
 ) -> None:
     """Run the kopf operator that turns EventSubscriptions into CronJobs or Deployments.
@@ -111,15 +125,17 @@ def operator(
     if problem is not None:
         typer.echo(f"feedline operator: {problem}", err=True)
         raise typer.Exit(2)
-    # kopf is imported here: `feedline --help` and other subcommands stay fast.
-    import kopf
-
+    # kopf is imported here (by the runtime): `feedline --help` and other subcommands stay fast.
     from feedline_operator.config import OperatorConfig
     from feedline_operator.runtime import run_operator
 
-    kopf.configure(
-        verbose=verbose,
-        log_format=kopf.LogFormat.JSON if log_format is LogFormat.json else kopf.LogFormat.PLAIN,
+    # Not kopf.configure: its JSON says "severity" where every other part says "level".
+    # kopf's records go through the one schema (feedline_contracts.logs) like ours.
+    configure_logging(
+        level="DEBUG" if verbose else "INFO",
+        log_format=log_format,
+        quiet=("kubernetes", "aiohttp.access"),
+        extra_processors=(kopf_object_fields,),
     )
     config = OperatorConfig(
         kubeconfig=kubeconfig,

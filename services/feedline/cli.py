@@ -59,7 +59,11 @@ class ServiceName(StrEnum):
 DATABASE_UNUSABLE = 3
 
 # The settings `feedline serve` also takes as flags; the others are variables only.
-SERVE_FLAGS = {"database_url": "--database-url", "grpc_port": "--grpc-port"}
+SERVE_FLAGS = {
+    "database_url": "--database-url",
+    "grpc_port": "--grpc-port",
+    "log_format": "--log-format",
+}
 
 
 def settings_error(exc: ValidationError) -> typer.BadParameter:
@@ -113,6 +117,14 @@ def serve(
             show_default="no gRPC",
         ),
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEEDLINE_LOG_FORMAT",
+            help="json (one object per line) or plain (key=value for people); the same fields",
+            show_default="json",
+        ),
+    ] = None,
 ) -> None:
     """Run one service: its commands and queries, its event feed, health and metrics.
 
@@ -135,12 +147,14 @@ def serve(
     overrides: dict[str, object] = {"database_url": database_url} if database_url else {}
     if grpc_port is not None:
         overrides["grpc_port"] = grpc_port
+    if log_format is not None:
+        overrides["log_format"] = log_format
     overrides["grpc_host"] = host  # the gRPC feed listens where HTTP does
     try:
         settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise settings_error(exc) from exc
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if ":" in service and "" not in sys.path:
         # As uvicorn does for module:app: a service's package in the working folder
         # (a `feedline new-service` folder) is found without installing it.

@@ -447,3 +447,37 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     per_owner = [j.metadata.labels["feedline.dev/subscription"] for j in jobs]
     assert sorted(per_owner) == sorted(f"s{i}" for i in range(count)), "one run-now Job each"
     print(json.dumps({"children_before_kill": made, "total": count}))
+
+
+def test_the_operator_logs_the_one_schema_with_the_object_it_acted_on(
+    kube_api: client.ApiClient,
+    namespace: str,
+    operator_kubeconfig: Path,
+    read_model_secret: str,
+    tmp_path: Path,
+) -> None:
+    """`feedline operator --log-format json`: kopf's lines too have level (not severity),
+    logger, timestamp and event, and name the EventSubscription as ``object``."""
+    argv = [
+        str(Path(sys.executable).with_name("feedline")), "operator",
+        "--kubeconfig", str(operator_kubeconfig), "--namespace", namespace,
+        "--health-port", "0", "--metrics-port", "0", "--log-format", "json",
+    ]  # fmt: skip
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=out
+        )
+    try:
+        create(kube_api, namespace, subscription("logged"))
+        wait_condition(kube_api, namespace, "logged", "Ready", "True")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    assert lines
+    assert all({"timestamp", "level", "logger", "event"} <= line.keys() for line in lines), lines
+    assert not any("severity" in line for line in lines)
+    about = [line for line in lines if (line.get("object") or {}).get("name") == "logged"]
+    assert about, lines[-20:]
+    assert all(line["object"]["namespace"] == namespace for line in about)

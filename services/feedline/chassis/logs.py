@@ -1,25 +1,15 @@
-"""JSON logs (structlog) with the request id and trace id of the current request."""
+"""The services' logs: the one schema of every part (feedline_contracts.logs), on stdout.
+
+Context variables carry the request and trace ids of the current request into
+every line written while it is handled.
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
-
-import structlog
+from feedline_contracts.logs import LogFormat
+from feedline_contracts.logs import configure_logging as configure_shared_logging
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """One JSON object per line on stdout; context vars carry request and trace ids."""
-    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper(), force=True)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(),
-        cache_logger_on_first_use=True,
-    )
+def configure_logging(level: str = "INFO", log_format: LogFormat = LogFormat.JSON) -> None:
+    """JSON (or plain) lines on stdout, uvicorn's own lines included."""
+    configure_shared_logging(level=level, log_format=log_format, quiet=("httpx", "hpack"))

@@ -6,6 +6,7 @@ not buffer long-polled responses.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -54,7 +55,17 @@ class RequestContextMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
-            access_log.info(
+            # The level says who must act: 5xx the service's operators (an upstream 502
+            # too), 4xx the caller, the rest nobody.
+            level = (
+                logging.ERROR
+                if status >= 500
+                else logging.WARNING
+                if status >= 400
+                else logging.INFO
+            )
+            access_log.log(
+                level,
                 "request",
                 method=method,
                 path=scope["path"],

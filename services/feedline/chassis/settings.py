@@ -22,6 +22,7 @@ from feedline_contracts.auth import (
 )
 from feedline_contracts.broker import StreamAddress, parse_stream_url
 from feedline_contracts.database import DatabaseUrl
+from feedline_contracts.logs import LogFormat
 
 # Where the start-up deadline is set; named when a service gives up waiting for its database.
 DATABASE_STARTUP_TIMEOUT_SETTING = "FEEDLINE_DATABASE_STARTUP_TIMEOUT_SECONDS"
@@ -139,6 +140,10 @@ class ServiceSettings(BaseSettings):
         ),
     )
     log_level: str = "INFO"
+    log_format: LogFormat = Field(
+        default=LogFormat.JSON,
+        description="json (one object per line) or plain (key=value): the same fields either way",
+    )
 
     @field_validator("feed_readers", mode="before")
     @classmethod
