@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from feedline.chassis.eventstore import EventStore, NewEvent
+from feedline_contracts.database import connect_database
 from tests.integration.conftest import StartService
 
 pytestmark = pytest.mark.integration
@@ -196,6 +198,71 @@ async def test_long_poll_is_woken_by_another_replica(
     assert [event["sequenceNumber"] for event in response.json()] == [1]
     # Only A's LISTEN can wake it this soon: A re-checks every 60 s, its wait is 10 s.
     assert woken_after < WOKEN_WITHIN, f"answered {woken_after:.1f}s after the commit"
+
+
+# A long poll racing a commit. A poll with If-None-Match holds while its page is
+# unchanged; over a big page (BIG_EVENTS of BIG_CONTENT bytes), its read takes long
+# enough that a command sent just after the poll commits while the poll reads: after
+# the head that bounds the page, before the poll starts to wait. A poll that takes
+# hold of the commit signal only after its read misses that commit's signal and
+# answers when its wait (RACE_WAIT) is up; one that takes hold before it reads is
+# woken at once. Each round commits at a different point of the read.
+BIG_EVENTS = 2_000
+BIG_CONTENT = 5_000
+RACE_ROUNDS = 8
+RACE_WAIT = 8.0
+
+
+async def append_big_events(database_url: str, count: int) -> None:
+    database = connect_database(database_url)
+    store = EventStore(database)
+    try:
+        events = [
+            NewEvent("SpecialOfferCreated", {"offerId": n, "description": "x" * BIG_CONTENT})
+            for n in range(1_000_000, 1_000_000 + count)
+        ]
+        async with store.transaction() as connection:
+            await store.append(connection, events)
+    finally:
+        await database.dispose()
+
+
+async def test_a_long_poll_is_woken_by_a_commit_made_while_it_reads(
+    start_service: StartService, database_url: str, client: httpx.AsyncClient
+) -> None:
+    base = start_service("special-offers", database_url, long_poll_recheck_seconds=RECHECK_SECONDS)
+    await create_offers(client, base, 1)  # the tables exist now
+    await append_big_events(database_url, BIG_EVENTS)
+    url = f"{base}/events"
+    params: dict[str, Any] = {"limit": 10000}
+    page = await client.get(url, params=params)
+    etag = page.headers["ETag"]
+    # How long the unchanged page takes to read (answered 304, without a body).
+    reads = []
+    for _ in range(3):
+        reading = time.monotonic()
+        unchanged = await client.get(url, params=params, headers={"If-None-Match": etag})
+        assert unchanged.status_code == 304
+        reads.append(time.monotonic() - reading)
+    read_seconds = sorted(reads)[1]
+    late = []
+    for round_number in range(RACE_ROUNDS):
+        poll = asyncio.create_task(
+            client.get(url, params={**params, "wait": RACE_WAIT}, headers={"If-None-Match": etag})
+        )
+        # From early in the read to its end, round by round.
+        await asyncio.sleep(read_seconds * (0.1 + 0.8 * round_number / RACE_ROUNDS))
+        await create_offers(client, base, 1)
+        committed = time.monotonic()
+        response = await poll
+        woken_after = time.monotonic() - committed
+        assert response.status_code == 200
+        etag = response.headers["ETag"]
+        assert response.headers["Feed-Head"] == str(BIG_EVENTS + 2 + round_number)
+        if woken_after >= WOKEN_WITHIN:
+            late.append(f"round {round_number}: answered {woken_after:.1f}s after the commit")
+    # The re-check (60 s) is far off: only the commit signal answers within 2 s.
+    assert not late, f"{late} (the page takes {read_seconds * 1000:.0f} ms to read)"
 
 
 async def test_head_endpoint(

@@ -115,16 +115,19 @@ def feed_router(
         type_list = types.split(",") if types else None
         if_none_match = request.headers.get("if-none-match")
         deadline = time.monotonic() + wait
-        page = await store.read_page(start, end, limit, type_list)
-        etag = _etag(start, end, limit, types, page)
-        # Long poll: hold while there is nothing new for this reader.
-        while not page.count or _matches(if_none_match, etag):
+        while True:
+            # Take hold of the commit signal before reading, so that a commit after the
+            # head this read is bounded by wakes the wait below, not the re-check.
+            commits = store.commits.watch()
+            page = await store.read_page(start, end, limit, type_list)
+            etag = _etag(start, end, limit, types, page)
+            # Long poll: hold while there is nothing new for this reader.
+            if page.count and not _matches(if_none_match, etag):
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await store.commits.wait(min(remaining, recheck_seconds))
-            page = await store.read_page(start, end, limit, type_list)
-            etag = _etag(start, end, limit, types, page)
+            await commits.wait(min(remaining, recheck_seconds))
 
         full = page.count == limit or (end is not None and page.scanned_to >= end)
         next_url = request.url.remove_query_params(["start", "wait"]).include_query_params(

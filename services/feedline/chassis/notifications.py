@@ -19,6 +19,21 @@ import structlog
 log = structlog.get_logger("feedline.notifications")
 
 
+class CommitWatch:
+    """The commit signal as taken hold of at one moment: any fire since then wakes it."""
+
+    def __init__(self, fired: asyncio.Event) -> None:
+        self._fired = fired
+
+    async def wait(self, seconds: float) -> bool:
+        """True when fired since the watch was taken (at once if already), within ``seconds``."""
+        try:
+            await asyncio.wait_for(self._fired.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
 class CommitSignal:
     """A broadcast "something was committed": each fire wakes every current waiter."""
 
@@ -29,13 +44,14 @@ class CommitSignal:
         self._event.set()
         self._event = asyncio.Event()
 
+    def watch(self) -> CommitWatch:
+        """Take hold of the signal now, before reading: a fire between this call and the
+        watch's ``wait`` (a commit while the reader reads) still wakes that wait."""
+        return CommitWatch(self._event)
+
     async def wait(self, seconds: float) -> bool:
-        """True when fired within ``seconds``."""
-        try:
-            await asyncio.wait_for(self._event.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        """True when fired within ``seconds`` (from when the wait starts)."""
+        return await self.watch().wait(seconds)
 
 
 class PostgresCommitListener:
