@@ -312,11 +312,22 @@ def dev(
             show_default="the CRD shipped in the feedline package",
         ),
     ] = None,
+    broker: Annotated[
+        bool,
+        typer.Option(
+            "--broker",
+            help="start a local RabbitMQ node (the services relay their events to it) even "
+            "when no subscription reads through one",
+            show_default="only when a subscription has feed.broker",
+        ),
+    ] = False,
 ) -> None:
     """Run the example services and every EventSubscription of DIR locally (no Kubernetes).
 
-    SQLite databases; each subscriber runs the pod spec the operator would render,
-    on its schedule (CronJob) or all the time (Follow). Shows position and lag.
+    SQLite databases; each service serves its feed over HTTP and gRPC (a free port:
+    grpc://NAME URLs map to it); a subscription with feed.broker gets a local RabbitMQ
+    node that the services relay to. Each subscriber runs the pod spec the operator
+    would render, on its schedule (CronJob) or all the time (Follow). Shows position and lag.
     A service or follower that crashes is reported and restarted. Ctrl-C or
     SIGTERM stops everything. `feedline dev run-now NAME [DIR]` (another
     terminal) runs a CronJob subscription now. Exit codes: 0 stopped; 1 a
@@ -349,6 +360,7 @@ def dev(
         run_now=run_now,
         output=output,
         crd=Path(crd) if crd else None,
+        broker=broker,
     )
     try:
         folder, layout = load(options, Console(stderr=True))

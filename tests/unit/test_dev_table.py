@@ -54,6 +54,7 @@ def _services() -> list[ServiceStatus]:
             1,
             4242,
             "killed by SIGKILL",
+            grpc_url="grpc://127.0.0.1:41001",
         ),
         ServiceStatus("loyalty-program", "http://127.0.0.1:8002", Path("/s/l.log"), "Ready"),
     ]
@@ -104,6 +105,10 @@ def test_at_80_columns_every_header_and_key_value_is_readable() -> None:
         "by",
         "SIGKILL",
     ]
+    # Its gRPC feed's address under its HTTP URL, in the same column.
+    under = lines[lines.index(service) + 1]
+    assert under.split() == ["grpc://127.0.0.1:41001"]
+    assert under.index("grpc://") == service.index("http://")
 
 
 def test_a_wide_terminal_shows_every_column() -> None:
@@ -131,6 +136,10 @@ def test_a_wide_terminal_shows_every_column() -> None:
     ]
     follow = next(line for line in text.splitlines() if "cart-follower" in line)
     assert [cell.strip() for cell in follow.split("│")[1:-1]][10:12] == ["3", "2"]
+    lines = text.splitlines()
+    service = next(line for line in lines if "special-offers " in line and "http://" in line)
+    under = [cell.strip() for cell in lines[lines.index(service) + 1].split("│")[1:-1]]
+    assert under[:2] == ["", "grpc://127.0.0.1:41001"]
 
 
 def test_the_status_line_and_json_carry_the_restarts() -> None:
@@ -142,6 +151,7 @@ def test_the_status_line_and_json_carry_the_restarts() -> None:
     special, loyalty = _services()
     assert special.to_dict() == {
         "url": "http://127.0.0.1:8001",
+        "grpcUrl": "grpc://127.0.0.1:41001",
         "state": "Ready",
         "restarts": 1,
         "pid": 4242,

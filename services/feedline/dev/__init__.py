@@ -9,7 +9,8 @@ folder: subscriptions and Secrets), ``dsns`` (the read models' database URLs,
 checked at load), ``plan`` (pure: manifests -> process specs), ``schedule``
 (cron), ``supervisor`` (the processes), ``restarts`` (pure: the back-off after
 a crash, and its words), ``keeper`` (restarting crashed services), ``feeds``
-(a feed no service serves), ``control`` (`feedline dev run-now`), ``status``
-(what is known of each process), ``table`` (the table, fitted to the
-terminal), ``main`` (what the CLI calls).
+(a feed no service serves), ``broker`` (the throwaway RabbitMQ node started
+when a subscription reads through one; the tests' fixture too), ``control``
+(`feedline dev run-now`), ``status`` (what is known of each process),
+``table`` (the table, fitted to the terminal), ``main`` (what the CLI calls).
 """

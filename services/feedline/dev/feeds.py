@@ -5,6 +5,12 @@ none of the services `feedline dev` started, where nothing accepts a
 connection either, would make every run retry for a long while and then fail
 as "unreachable". `feedline dev` says so at once instead: one line naming
 the subscription, the URL, and what to do.
+
+A URL's port is the one it names, else its scheme's default: 80 (http), 443
+(https, grpcs), 9090 (grpc, ``feedline_contracts.feed.GRPC_PORT``). An
+http:// URL is served by a service's HTTP port, a grpc:// URL by its gRPC
+port; https:// and grpcs:// by none (the local services serve plaintext), but
+something else may answer there.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from urllib.parse import urlsplit
 
 from feedline.dev.plan import LOOPBACK_HOSTS, Layout
 from feedline.services.registry import DEFAULT_PORTS
+from feedline_contracts.feed import GRPC_PORT
+from feedline_contracts.subscriber_env import GRPCS_DEFAULT_PORT
+
+DEFAULT_PORT_OF_SCHEME = {"http": 80, "https": 443, "grpc": GRPC_PORT, "grpcs": GRPCS_DEFAULT_PORT}
 
 CONNECT_TIMEOUT_SECONDS = 1.0
 ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
@@ -30,13 +40,35 @@ def _same_host(feed_host: str, service_host: str) -> bool:
     )
 
 
+def feed_port(feed_url: str) -> int | None:
+    """The TCP port a feed URL connects to: its own, or its scheme's default (None: neither)."""
+    parts = urlsplit(feed_url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return port if port is not None else DEFAULT_PORT_OF_SCHEME.get(parts.scheme)
+
+
+def _served_port(scheme: str, layout: Layout, service: str) -> int | None:
+    """The port where ``service`` serves a feed of this scheme (None: it serves none)."""
+    if scheme == "http":
+        return layout.service_port(service)
+    if scheme == "grpc":
+        return layout.service_grpc_port(service)
+    return None  # https, grpcs: the local services serve plaintext only
+
+
 def serving_service(feed_url: str, layout: Layout, services: Iterable[str]) -> str | None:
     """The service (among ``services``, the ones running) whose address the URL names."""
     parts = urlsplit(feed_url)
     host = (parts.hostname or "").lower()
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = feed_port(feed_url)
+    if port is None:
+        return None
     for name in services:
-        if port == layout.service_port(name) and _same_host(host, layout.host.lower()):
+        served = _served_port(parts.scheme, layout, name)
+        if port == served and _same_host(host, layout.host.lower()):
             return name
     return None
 
@@ -51,9 +83,9 @@ def left_out_service(feed_url: str, layout: Layout, services: Iterable[str]) -> 
 async def answers(feed_url: str) -> bool:
     """Whether anything accepts a TCP connection at the URL's host and port."""
     parts = urlsplit(feed_url)
-    if not parts.hostname:
+    port = feed_port(feed_url)
+    if not parts.hostname or port is None:
         return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(parts.hostname, port), CONNECT_TIMEOUT_SECONDS

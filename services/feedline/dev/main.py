@@ -1,5 +1,10 @@
 """`feedline dev [DIR]`: load the folder, start everything, show the table, stop cleanly.
 
+Every service also serves its gRPC feed, on a free port picked at start
+(``plan.Layout.grpc_ports``). When a subscription reads its feed through a
+broker (``spec.feed.broker``), a throwaway RabbitMQ node (``broker``) is
+started first, every service's relay publishes to it, and it is stopped last.
+
 Exit codes: 0 stopped cleanly; 1 a service did not start, a ``--once`` run
 failed, or a process that crashed was not back up when `feedline dev` stopped
 (``down_after_crash``); 2 bad flags, a bad manifest, or no EventSubscription.
@@ -15,9 +20,10 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from rich.live import Live
 from rich.text import Text
 
 from feedline.dev import plan, schema
+from feedline.dev.broker import BrokerError, RabbitMQNode
 from feedline.dev.control import ControlServer
 from feedline.dev.dsns import dsn_errors
 from feedline.dev.feeds import unserved_feeds
@@ -43,7 +50,15 @@ from feedline.dev.manifests import (
 from feedline.dev.plan import Layout
 from feedline.dev.restarts import describe_exit
 from feedline.dev.status import ServiceStatus, SubscriptionStatus
-from feedline.dev.supervisor import DevError, Worker, base_environment, start_services, stop_all
+from feedline.dev.supervisor import (
+    Child,
+    DevError,
+    Worker,
+    base_environment,
+    free_ports,
+    start_services,
+    stop_all,
+)
 from feedline.dev.table import render_table
 from feedline.services.registry import DEFAULT_PORTS
 
@@ -62,6 +77,7 @@ class DevOptions:
     output: str = "table"  # table | json (--once)
     refresh_seconds: float = 1.0
     crd: Path | None = None
+    broker: bool = False  # --broker: a local RabbitMQ node even if no subscription needs one
 
 
 def feedline_executable() -> str:
@@ -137,6 +153,7 @@ class Display:
         self.statuses: list[SubscriptionStatus] = []
         self.notes: deque[str] = deque(maxlen=6)
         self.live: Live | None = None
+        self.broker: dict[str, Any] | None = None  # the local broker, when one runs
 
     def renderable(self) -> Group:
         table = render_table(self.statuses, self.services)
@@ -178,12 +195,15 @@ class Display:
         self.write_status_file()
 
     def document(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "updated": datetime.now(UTC).isoformat(),
             "pid": os.getpid(),
             "services": {s.name: s.to_dict() for s in self.services},
             "subscriptions": [s.to_dict() for s in self.statuses],
         }
+        if self.broker is not None:
+            document["broker"] = self.broker
+        return document
 
     def write_status_file(self) -> None:
         path = self.layout.status_file()
@@ -259,7 +279,98 @@ async def _warn_unserved_feeds(
         display.alert(line)
 
 
+def local_broker(layout: Layout) -> RabbitMQNode:
+    """The broker of this `feedline dev`: a new node in STATE/rabbitmq (the last one's wiped)."""
+    folder = layout.broker_dir()
+    shutil.rmtree(folder, ignore_errors=True)
+    return RabbitMQNode(folder, owned=True)
+
+
+async def _stop_broker(node: RabbitMQNode) -> None:
+    try:
+        await asyncio.to_thread(node.stop)
+    finally:
+        node.stop_epmd()
+
+
 async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console) -> int:
+    """Pick the gRPC ports, run the broker if a subscription needs one (or --broker),
+    supervise the rest."""
+    layout = replace(layout, grpc_ports=free_ports(layout.host, list(DEFAULT_PORTS)))
+    node: RabbitMQNode | None = None
+    if options.broker or plan.folder_needs_broker(folder.subscriptions):
+        node = local_broker(layout)
+        layout = replace(layout, broker_url=node.stream_url)
+    try:
+        return await _supervise(options, folder, layout, out, node)
+    finally:
+        if node is not None:
+            await _stop_broker(node)
+
+
+def _broker_status(node: RabbitMQNode, state: str) -> dict[str, Any]:
+    process = node.process
+    return {
+        "url": node.stream_url,
+        "state": state,
+        "pid": process.pid if process is not None and process.poll() is None else None,
+        "log": str(node.folder / "log"),
+    }
+
+
+def _launch_broker(node: RabbitMQNode, display: Display) -> None:
+    node.launch()
+    display.broker = _broker_status(node, "Starting")
+    display.note(f"broker starting (RabbitMQ, a subscription reads through one): {node.folder}")
+
+
+async def _broker_ready(
+    node: RabbitMQNode, started: float, children: list[Child], display: Display
+) -> None:
+    try:
+        await node.wait_ready(started=started)
+    except BaseException:
+        await stop_all(children)
+        raise
+    display.broker = _broker_status(node, "Ready")
+    display.note(f"broker ready: {node.stream_url} (log: {node.folder / 'log'})")
+
+
+async def _start_processes(
+    names: list[str],
+    layout: Layout,
+    feedline: str,
+    base_env: dict[str, str],
+    stop: asyncio.Event,
+    node: RabbitMQNode | None,
+    display: Display,
+) -> list[Child]:
+    """The broker (if any) first, so the services' relays find it soon; then the services."""
+    broker_started = time.monotonic()
+    if node is not None:
+        _launch_broker(node, display)
+    children = await start_services(names, layout, feedline, base_env, stop)
+    if node is not None and not stop.is_set():
+        await _broker_ready(node, broker_started, children, display)
+    return children
+
+
+def _show_stopped(display: Display, node: RabbitMQNode | None) -> None:
+    for status in display.services:
+        status.state, status.pid = "Stopped", None
+    if node is not None:
+        display.broker = {**_broker_status(node, "Stopped"), "pid": None}
+    display.write_status_file()
+
+
+def _addresses(service: ServiceStatus) -> str:
+    """``NAME http://HOST:PORT grpc://HOST:PORT``."""
+    return f"{service.name} {service.url}" + (f" {service.grpc_url}" if service.grpc_url else "")
+
+
+async def _supervise(
+    options: DevOptions, folder: Folder, layout: Layout, out: Console, node: RabbitMQNode | None
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -268,7 +379,13 @@ async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console
     base_env = base_environment()
     names = list(options.services or DEFAULT_PORTS)
     services = [
-        ServiceStatus(n, layout.service_url(n), layout.logs_dir() / f"{n}.log") for n in names
+        ServiceStatus(
+            n,
+            layout.service_url(n),
+            layout.logs_dir() / f"{n}.log",
+            grpc_url=layout.service_grpc_url(n),
+        )
+        for n in names
     ]
     display = Display(layout, services, out if not options.once else Console(stderr=True))
     display.note(
@@ -277,13 +394,13 @@ async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console
     )
     for ignored in folder.ignored:
         display.note(f"ignored (not an EventSubscription or Secret): {ignored}")
-    children = await start_services(names, layout, feedline, base_env, stop)
+    children = await _start_processes(names, layout, feedline, base_env, stop, node, display)
     control: ControlServer | None = None
     keepers: list[asyncio.Task[None]] = []
     try:
         if stop.is_set():
             return EXIT_OK
-        display.note("services ready: " + ", ".join(f"{s.name} {s.url}" for s in display.services))
+        display.note("services ready: " + ", ".join(_addresses(s) for s in display.services))
         workers = [
             Worker(loaded, folder, layout, feedline, base_env, display.changed, display.alert)
             for loaded in folder.subscriptions
@@ -339,9 +456,7 @@ async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console
         stop.set()  # the services' keepers stop restarting
         await asyncio.gather(*keepers, return_exceptions=True)
         await stop_all(children)
-        for status in display.services:
-            status.state, status.pid = "Stopped", None
-        display.write_status_file()
+        _show_stopped(display, node)
 
 
 async def _once(
@@ -376,6 +491,6 @@ def run(options: DevOptions, folder: Folder, layout: Layout) -> int:
     out = Console(width=width)
     try:
         return asyncio.run(_run(options, folder, layout, out))
-    except DevError as exc:
+    except (DevError, BrokerError) as exc:
         Console(stderr=True).print(f"feedline dev: {exc}", highlight=False, markup=False)
         return EXIT_FAILED

@@ -8,9 +8,13 @@ secretKeyRef`` from the folder's Secrets, Secret volumes as local files) and a
 few values are mapped to this machine, each one documented in
 docs/local-mode.md:
 
-- ``FEEDLINE_FEED_URL``: a cluster service name (``http://special-offers/events``)
-  becomes the local port of that example service; a loopback URL on a default
-  port follows ``--port-offset``;
+- ``FEEDLINE_FEED_URL``: a cluster service name (``http://special-offers/events``,
+  ``grpc://special-offers:9090``) becomes the local (HTTP or gRPC) port of that
+  example service; a loopback http:// URL on a default port follows
+  ``--port-offset``;
+- ``FEEDLINE_BROKER_URL`` (``spec.feed.broker``): the broker `feedline dev`
+  runs (``broker``), whatever host the Secret names, as the services' relays
+  publish there;
 - ``FEEDLINE_TERMINATION_LOG``: a file in the state directory, read after each run;
 - ``FEEDLINE_STATUS_PORT`` (Follow mode): a free local port;
 - paths under a Secret volume's mount: the same files under the state directory;
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 from feedline.dev.manifests import Folder, LoadedSubscription
 from feedline.services.registry import DEFAULT_PORTS
 from feedline_contracts import subscriber_env as env_names
+from feedline_contracts.broker import BROKER_URL_SETTING
+from feedline_contracts.feed import GRPC_PORT, GRPC_PORT_SETTING
 from feedline_operator import builders
 
 STATE_DIR_NAME = ".feedline-dev"
@@ -57,13 +63,29 @@ class Layout:
     state_dir: Path
     host: str = "127.0.0.1"
     port_offset: int = 0
+    # Each example service's gRPC feed port (free ports, picked when `feedline dev`
+    # starts); a service without one serves no gRPC.
+    grpc_ports: Mapping[str, int] = field(default_factory=dict)
+    # The broker `feedline dev` runs (``rabbitmq-stream://...``), when it runs one.
+    broker_url: str | None = None
 
     def service_port(self, service: str) -> int:
         return DEFAULT_PORTS[service] + self.port_offset
 
-    def service_url(self, service: str) -> str:
+    def _netloc(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.service_port(service)}"
+        return f"{host}:{port}"
+
+    def service_url(self, service: str) -> str:
+        return f"http://{self._netloc(self.service_port(service))}"
+
+    def service_grpc_port(self, service: str) -> int | None:
+        return self.grpc_ports.get(service)
+
+    def service_grpc_url(self, service: str) -> str | None:
+        """``grpc://HOST:PORT``, the gRPC feed's address (a ``feed.url`` as is)."""
+        port = self.service_grpc_port(service)
+        return None if port is None else f"grpc://{self._netloc(port)}"
 
     def service_database(self, service: str) -> Path:
         return self.state_dir / f"{service}.db"
@@ -76,6 +98,10 @@ class Layout:
 
     def status_file(self) -> Path:
         return self.state_dir / "status.json"
+
+    def broker_dir(self) -> Path:
+        """The local broker's folder (data and logs), wiped at each start."""
+        return self.state_dir / "rabbitmq"
 
 
 @dataclass(frozen=True)
@@ -119,7 +145,21 @@ def local_command(command: list[str], feedline: str) -> tuple[str, ...]:
 
 
 def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
-    """``feedline serve NAME`` on its default port (+ offset) with its own SQLite file."""
+    """``feedline serve NAME`` on its default port (+ offset) with its own SQLite file.
+
+    With a gRPC port in the layout, it serves its gRPC feed there too
+    (``FEEDLINE_GRPC_PORT``); with a broker, its relay publishes to it
+    (``FEEDLINE_BROKER_URL``).
+    """
+    env = {
+        "FEEDLINE_HTTP_CACHE_DIR": str(layout.state_dir / "http-cache"),
+        "FEEDLINE_PRODUCT_CATALOG_URL": layout.service_url("product-catalog"),
+    }
+    grpc_port = layout.service_grpc_port(service)
+    if grpc_port is not None:
+        env[GRPC_PORT_SETTING] = str(grpc_port)
+    if layout.broker_url is not None:
+        env[BROKER_URL_SETTING] = layout.broker_url
     return ProcessSpec(
         name=service,
         argv=(
@@ -133,10 +173,7 @@ def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
             "--database-url",
             f"sqlite:///{layout.service_database(service)}",
         ),
-        env={
-            "FEEDLINE_HTTP_CACHE_DIR": str(layout.state_dir / "http-cache"),
-            "FEEDLINE_PRODUCT_CATALOG_URL": layout.service_url("product-catalog"),
-        },
+        env=env,
         cwd=layout.directory,
         log_path=layout.logs_dir() / f"{service}.log",
     )
@@ -159,19 +196,47 @@ def _cluster_service(hostname: str) -> str | None:
 
 
 def local_feed_url(url: str, layout: Layout) -> str:
-    """A feed URL usable on this machine (see the module docstring); others unchanged."""
+    """A feed URL usable on this machine (see the module docstring); others unchanged.
+
+    A cluster service name at the port its chart's Service gives the transport
+    (http:// at 80, grpc:// at 9090, or no port) is that example service's
+    local address; https:// and grpcs:// stay (the local services serve
+    plaintext only), as does any other port.
+    """
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a port: the CRD refused it already; nothing to map
+        return url
     hostname = (parts.hostname or "").lower()
     service = _cluster_service(hostname)
-    if service is not None and parts.port in (None, 80) and parts.scheme == "http":
+    if service is not None and port in (None, 80) and parts.scheme == "http":
         base = urlsplit(layout.service_url(service))
         return urlunsplit(parts._replace(netloc=base.netloc))
-    if hostname in LOOPBACK_HOSTS and layout.port_offset:
-        for service, port in DEFAULT_PORTS.items():
-            if parts.port == port:
-                netloc = parts.netloc.rsplit(":", 1)[0] + f":{layout.service_port(service)}"
+    if service is not None and port in (None, GRPC_PORT) and parts.scheme == "grpc":
+        grpc_url = layout.service_grpc_url(service)
+        if grpc_url is not None:
+            return urlunsplit(parts._replace(netloc=urlsplit(grpc_url).netloc))
+        return url
+    if parts.scheme == "http" and hostname in LOOPBACK_HOSTS and layout.port_offset:
+        for name, default_port in DEFAULT_PORTS.items():
+            if port == default_port:
+                netloc = parts.netloc.rsplit(":", 1)[0] + f":{layout.service_port(name)}"
                 return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+# --- the broker ----------------------------------------------------------------------
+
+
+def needs_broker(loaded: LoadedSubscription) -> bool:
+    """Whether the subscription reads its feed through a broker (``spec.feed.broker``)."""
+    return loaded.subscription.spec.feed.broker is not None
+
+
+def folder_needs_broker(subscriptions: Iterable[LoadedSubscription]) -> bool:
+    """`feedline dev` starts a broker when any subscription reads through one."""
+    return any(needs_broker(loaded) for loaded in subscriptions)
 
 
 # --- subscribers ---------------------------------------------------------------------
@@ -277,6 +342,9 @@ def subscriber_process(
     mounts, files = _volume_files(pod, container, folder, layout, sub.namespace, root)
     env = {name: _map_path(value, mounts) for name, value in env.items()}
     env[env_names.FEED_URL] = local_feed_url(env[env_names.FEED_URL], layout)
+    if env_names.BROKER_URL in env and layout.broker_url is not None:
+        # The broker the local services publish to is the only one holding their events.
+        env[env_names.BROKER_URL] = layout.broker_url
     termination_log = root / "termination-log"
     if env.get(env_names.TERMINATION_LOG) == container.get("terminationMessagePath"):
         env[env_names.TERMINATION_LOG] = str(termination_log)

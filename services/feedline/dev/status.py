@@ -94,6 +94,7 @@ class ServiceStatus:
     restarts: int = 0
     pid: int | None = None
     last_exit: str | None = None  # "killed by SIGKILL", "exit code 1"
+    grpc_url: str | None = None  # its gRPC feed, grpc://HOST:PORT
 
     @property
     def down_after_crash(self) -> bool:
@@ -103,6 +104,7 @@ class ServiceStatus:
     def to_dict(self) -> dict[str, Any]:
         return {
             "url": self.url,
+            "grpcUrl": self.grpc_url,
             "state": self.state,
             "restarts": self.restarts,
             "pid": self.pid,

@@ -74,6 +74,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(host: str, names: list[str]) -> dict[str, int]:
+    """A distinct free port for each name (every socket bound at once), on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for name in names:
+            sock = stack.enter_context(socket.socket(family))
+            sock.bind((host, 0))
+            ports[name] = int(sock.getsockname()[1])
+    return ports
+
+
 def port_in_use(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:

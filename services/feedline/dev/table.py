@@ -131,7 +131,7 @@ def _services(services: Iterable[ServiceStatus], compact: bool) -> Table:
     for service in services:
         table.add_row(
             service.name,
-            service.url,
+            service.url + (f"\n{service.grpc_url}" if service.grpc_url else ""),
             service.state,
             str(service.restarts),
             _cell(service.pid),
