@@ -60,6 +60,7 @@ test-cluster: install controlplane ## Cluster tier: a real Kubernetes control pl
 .PHONY: bench
 bench: install controlplane ## Benchmarks: print throughput and latency figures (see docs/benchmarks.md)
 	$(PY) -m bench.bench_subscriber --events 200000 --baseline-events 20000 --runs 3
+	$(PY) -m bench.bench_transports --events 10000 --latency-samples 10 --interval 0.1
 	$(PY) -m bench.bench_operator
 
 .PHONY: test

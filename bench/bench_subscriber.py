@@ -42,15 +42,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -58,126 +54,30 @@ import httpx
 import orjson
 from tests.support.postgres import throwaway_postgres
 from tests.support.services import running_service
-from tests.support.subscriber_process import LOYALTY, finish, start_subscriber, subscriber_env
 
 from bench.checks import (
     CheckError,
     cores,
-    count_problems,
     fail_and_exit,
-    filesystem_of,
     load_average,
     ratio,
-    read_model_problems,
-    require,
     significant,
 )
-from feedline.chassis.eventstore import EventStore, NewEvent
-from feedline_contracts.database import connect_database
+from bench.harness import (
+    DURABILITY_SETTINGS,
+    LOYALTY_TABLE,
+    SUBSCRIBER_PAGE,
+    check_read_model,
+    create_databases,
+    fill_event_store,
+    follow_samples,
+    run_copy,
+    run_subscriber_process,
+    server_conditions,
+    wait_connectable,
+)
 
-SUBSCRIBER_PAGE = 10_000
 BASELINE_PAGE = 100
-# A follow-mode sample whose row has not appeared by then fails the benchmark.
-FOLLOW_TIMEOUT_SECONDS = 30.0
-# PostgreSQL settings that decide what a commit costs; printed with the figures.
-DURABILITY_SETTINGS = (
-    "fsync",
-    "synchronous_commit",
-    "full_page_writes",
-    "wal_sync_method",
-    "wal_level",
-)
-
-LOYALTY_TABLE = """
-CREATE TABLE loyalty_special_offers (
-    offer_id BIGINT PRIMARY KEY,
-    description TEXT NOT NULL,
-    last_sequence_number BIGINT NOT NULL
-)
-"""
-
-
-async def wait_connectable(url: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            connection = await asyncpg.connect(url)
-        except (OSError, asyncpg.CannotConnectNowError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-            continue
-        await connection.close()
-        return
-
-
-async def create_databases(server_url: str, *names: str) -> None:
-    admin = await asyncpg.connect(server_url)
-    try:
-        for name in names:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-
-
-def description(offer: int) -> str:
-    return f"special offer number {offer}: 10% off"
-
-
-async def fill_event_store(service_url: str, count: int) -> None:
-    database = connect_database(service_url)
-    store = EventStore(database)
-    try:
-        for offset in range(0, count, 10_000):
-            batch = [
-                NewEvent("SpecialOfferCreated", {"offerId": n, "description": description(n)})
-                for n in range(offset + 1, min(offset + 10_000, count) + 1)
-            ]
-            async with store.transaction() as connection:
-                await store.append(connection, batch)
-    finally:
-        await database.dispose()
-
-
-def seconds_between(start: str, end: str) -> float:
-    def parse(moment: str) -> datetime:
-        return datetime.fromisoformat(moment.replace("Z", "+00:00"))
-
-    return (parse(end) - parse(start)).total_seconds()
-
-
-def run_subscriber_process(feed_url: str, read_model: str, count: int) -> float:
-    environment = subscriber_env(
-        "bench", feed_url, read_model, LOYALTY, FEEDLINE_BATCH_SIZE=str(SUBSCRIBER_PAGE)
-    )
-    done = finish(start_subscriber(environment), timeout=3600)
-    if done.returncode != 0:
-        raise CheckError(
-            f"subscriber exited with {done.returncode}:\n{done.stdout}\n{done.stderr[-3000:]}"
-        )
-    summary = done.summary
-    require(
-        "subscriber summary",
-        count_problems("events processed", int(summary.get("processed", -1)), count),
-    )
-    return seconds_between(summary["startTime"], summary["completionTime"])
-
-
-async def run_copy(read_model: str, count: int) -> float:
-    rows = [(n, description(n), n) for n in range(1, count + 1)]
-    connection = await asyncpg.connect(read_model)
-    try:
-        await connection.execute(LOYALTY_TABLE)
-        started = time.perf_counter()
-        async with connection.transaction():
-            await connection.copy_records_to_table(
-                "loyalty_special_offers",
-                records=rows,
-                columns=["offer_id", "description", "last_sequence_number"],
-            )
-        return time.perf_counter() - started
-    finally:
-        await connection.close()
 
 
 async def run_baseline(feed_url: str, read_model: str, count: int) -> float:
@@ -220,84 +120,6 @@ async def run_baseline(feed_url: str, read_model: str, count: int) -> float:
         return time.perf_counter() - started
     finally:
         await connection.close()
-
-
-async def check_read_model(what: str, read_model: str, count: int) -> None:
-    """Fail unless the read model holds exactly the rows of events 1..count."""
-    connection = await asyncpg.connect(read_model)
-    try:
-        rows = await connection.fetch(
-            "SELECT offer_id, description, last_sequence_number FROM loyalty_special_offers"
-        )
-    finally:
-        await connection.close()
-    require(
-        f"{what} read model",
-        read_model_problems(((r[0], r[1], r[2]) for r in rows), count, description),
-    )
-
-
-async def server_conditions(server_url: str) -> dict[str, str]:
-    """The server's version and durability settings, and where its data lives."""
-    connection = await asyncpg.connect(server_url)
-    try:
-        settings = {
-            name: str(await connection.fetchval(f"SHOW {name}")) for name in DURABILITY_SETTINGS
-        }
-        settings["server_version"] = str(await connection.fetchval("SHOW server_version"))
-        data = Path(str(await connection.fetchval("SHOW data_directory")))
-    finally:
-        await connection.close()
-    settings["data_directory"] = f"{data} on {filesystem_of(data)}"
-    return settings
-
-
-async def follow_latency(base_url: str, read_model: str, samples: int) -> list[float]:
-    """Seconds from a command's answer to its row in a follower's read model."""
-    environment = subscriber_env(
-        "bench-follow",
-        f"{base_url}/events",
-        read_model,
-        LOYALTY,
-        FEEDLINE_FOLLOW="true",
-        FEEDLINE_START_POSITION="Head",
-        FEEDLINE_FEED_WAIT_SECONDS="20",
-    )
-    follower = start_subscriber(environment)
-    connection = await asyncpg.connect(read_model)
-    latencies: list[float] = []
-    try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            while not await connection.fetchval(  # noqa: ASYNC110 - polling another process
-                "SELECT to_regclass('feedline_subscriber_checkpoints') IS NOT NULL"
-            ):
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(1)  # let it settle into its long poll
-            for number in range(samples):
-                answer = await client.post("/offers", json={"description": f"flash sale {number}"})
-                answer.raise_for_status()
-                answered = time.perf_counter()
-                offer = answer.json()["id"]
-                while not await connection.fetchval(
-                    "SELECT 1 FROM loyalty_special_offers WHERE offer_id = $1", offer
-                ):
-                    if time.perf_counter() - answered > FOLLOW_TIMEOUT_SECONDS:
-                        raise CheckError(
-                            f"follow mode: offer {offer} (sample {number + 1}) not in the "
-                            f"read model {FOLLOW_TIMEOUT_SECONDS:.0f} s after its 201"
-                        )
-                    await asyncio.sleep(0.001)
-                latencies.append(time.perf_counter() - answered)
-                await asyncio.sleep(0.2)
-    finally:
-        await connection.close()
-        follower.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            finish(follower, timeout=30)
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
-    return latencies
 
 
 def conditions(
@@ -361,7 +183,10 @@ async def main(events: int, baseline_events: int, latency_samples: int, runs: in
                 feed_url, server.url("rm_baseline"), baseline_events
             )
             await check_read_model("baseline", server.url("rm_baseline"), baseline_events)
-            latencies = await follow_latency(base_url, server.url("rm_follow"), latency_samples)
+            follow = await follow_samples(
+                base_url, feed_url, server.url("rm_follow"), latency_samples
+            )
+            latencies = follow.latencies
 
     report(
         Figures(

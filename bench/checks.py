@@ -8,6 +8,7 @@ from a run that did not do what it claims is not a figure.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections import Counter
@@ -82,6 +83,33 @@ def read_model_problems(
     return problems
 
 
+def sequence_problems(numbers: Sequence[int], expected: int) -> list[str]:
+    """Messages read back from a stream: exactly sequence numbers 1..expected, in order.
+
+    No number twice, none missing, none extra, none out of order (the relay's
+    guarantee, and the broker's deduplication's).
+    """
+    problems = count_problems("messages", len(numbers), expected)
+    counts = Counter(numbers)
+    duplicated = {number for number, seen in counts.items() if seen > 1}
+    if duplicated:
+        problems.append(f"{len(duplicated):,} sequence numbers more than once: {_some(duplicated)}")
+    wanted = range(1, expected + 1)
+    missing = set(wanted).difference(counts)
+    if missing:
+        problems.append(f"{len(missing):,} sequence numbers missing: {_some(missing)}")
+    extra = {number for number in counts if number not in wanted}
+    if extra:
+        problems.append(f"{len(extra):,} unexpected sequence numbers: {_some(extra)}")
+    disorder = next((i for i in range(1, len(numbers)) if numbers[i] <= numbers[i - 1]), None)
+    if disorder is not None:
+        problems.append(
+            f"out of order at message {disorder + 1:,}: "
+            f"{numbers[disorder]} after {numbers[disorder - 1]}"
+        )
+    return problems
+
+
 @dataclass(frozen=True)
 class Subscription:
     """An EventSubscription as the benchmark lists it at the end."""
@@ -146,6 +174,21 @@ def operator_problems(
     if childless:
         problems.append(f"{len(childless):,} subscriptions without a CronJob: {_some(childless)}")
     return problems
+
+
+def percentile(values: Sequence[float], percent: float) -> float:
+    """The nearest-rank percentile: the smallest value with ``percent`` % of them at or below.
+
+    Of 20 values p95 is the 19th smallest and p99 the largest: no interpolation,
+    so each figure is one that was measured.
+    """
+    if not values:
+        raise ValueError("no values")
+    if not 0 < percent <= 100:
+        raise ValueError(f"percent must be in (0, 100], not {percent}")
+    ordered = sorted(values)
+    rank = math.ceil(percent * len(ordered) / 100)
+    return ordered[max(rank, 1) - 1]
 
 
 def significant(value: float, digits: int = 4) -> str:

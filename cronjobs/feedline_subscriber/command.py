@@ -117,7 +117,9 @@ def subscribe(
             envvar=env.FEED_URL,
             help=(
                 "The feed; its scheme picks the transport: an HTTP endpoint "
-                "(http://special-offers/events) or a gRPC feed (grpc://special-offers:9090)."
+                "(http://special-offers/events) or a gRPC feed (grpc://special-offers:9090). "
+                "With --broker-url: the service's HTTP feed (the head, and what the stream "
+                "no longer holds)."
             ),
             show_default=False,
         ),
@@ -273,6 +275,25 @@ def subscribe(
             show_default=False,
         ),
     ] = None,
+    broker_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar=env.BROKER_URL,
+            help=(
+                "Read the service's RabbitMQ stream: "
+                "rabbitmq-stream[+tls]://USER:PASSWORD@HOST[:PORT]/VHOST (with --broker-stream)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    broker_stream: Annotated[
+        str | None,
+        typer.Option(
+            envvar=env.BROKER_STREAM,
+            help="The service's stream, feedline.events.SERVICE (with --broker-url).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Read an event feed into a read model: one run, or --follow.
 
@@ -306,6 +327,8 @@ def subscribe(
             feed_wait_seconds=feed_wait_seconds,
             feed_retry_attempts=feed_retry_attempts,
             database_retries=database_retries,
+            broker_url=broker_url,
+            broker_stream=broker_stream,
         )
     except (SettingsError, ValueError) as exc:
         raise _fail_usage(str(exc)) from None

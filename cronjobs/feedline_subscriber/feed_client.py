@@ -42,6 +42,7 @@ __all__ = [
     "FeedUnavailableError",
     "HttpFeedClient",
     "Page",
+    "checked_events",
     "parse_page",
 ]
 
@@ -145,6 +146,16 @@ def _checked_events_slowly(body: list[Any], start: int, filtered: bool) -> list[
     return events
 
 
+def checked_events(body: list[Any], start: int, filtered: bool) -> list[Event]:
+    """A page's events as decoded JSON objects, every per-event and sequence check passed.
+
+    Raises :class:`FeedProtocolError` naming the first event that is wrong
+    (the broker transport checks its messages' bodies with it too).
+    """
+    events = _checked_events(body, start, filtered)
+    return events if events is not None else _checked_events_slowly(body, start, filtered)
+
+
 def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bool) -> Page:
     """Check a 200 response against protocol v1 and turn it into a Page.
 
@@ -163,9 +174,7 @@ def parse_page(response: httpx.Response, *, start: int, limit: int, filtered: bo
             raise FeedProtocolError(f"body is not a JSON array: {content[:100]!r}")
         if len(body) > limit:
             raise FeedProtocolError(f"page has {len(body)} events, more than the limit {limit}")
-        events = _checked_events(body, start, filtered)
-        if events is None:
-            events = _checked_events_slowly(body, start, filtered)
+        events = checked_events(body, start, filtered)
     return check_page(events, start=start, filtered=filtered, next_start=next_start, head=head)
 
 

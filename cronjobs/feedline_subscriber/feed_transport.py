@@ -12,9 +12,12 @@ scheme picks the implementation (:func:`open_feed`):
 - ``grpc://HOST[:PORT]`` / ``grpcs://`` (TLS): :mod:`feedline_subscriber.grpc_feed_client`,
   the gRPC feed ``feedline.feed.v1.EventFeed`` (docs/transports.md), one
   ``Subscribe`` stream whose batches are the pages.
+- with ``--broker-url`` and ``--broker-stream`` (the feed URL then the HTTP
+  feed): :mod:`feedline_subscriber.broker_feed_client`, the service's
+  RabbitMQ stream, with the HTTP feed for the head and for what the stream
+  no longer holds.
 
-A third transport (RabbitMQ) is one more class with these members and
-one more scheme here. What every implementation owes the layers above:
+What every implementation owes the layers above:
 
 - **Checked pages.** A page is handed out only after the checks of
   :func:`check_page` (sequence numbers, next start, head): a broken feed
@@ -289,17 +292,29 @@ def transport_of(feed_url: str) -> str:
 
 
 def open_feed(settings: SubscriberSettings) -> FeedTransport:
-    """The transport the feed URL's scheme names, configured from the run's settings.
+    """The transport the settings name, configured from the run's settings.
 
-    Each transport's client library is imported here, when chosen: a run
-    over HTTP never loads gRPC, and a RabbitMQ client will load only for
-    its own URLs.
+    A broker (``--broker-url``) picks RabbitMQ; else the feed URL's scheme
+    picks HTTP or gRPC. Each transport's client library is imported here,
+    when chosen: a run over HTTP never loads gRPC nor rstream.
     """
     common: dict[str, Any] = {
         "event_types": settings.event_types,
         "token_file": settings.token_file(),
         "retry_attempts": settings.feed_retry_attempts,
     }
+    broker = settings.broker_address()
+    if broker is not None:
+        from feedline_subscriber.broker_feed_client import BrokerFeedClient
+
+        assert settings.broker_stream is not None  # the settings check they go together
+        return BrokerFeedClient(
+            settings.feed_url,
+            broker=broker,
+            stream=settings.broker_stream,
+            follow=settings.follow,
+            **common,
+        )
     if transport_of(settings.feed_url) == "grpc":
         from feedline_subscriber.grpc_feed_client import GrpcFeedClient
 

@@ -71,7 +71,7 @@ class SubscriberRun:
         self.projection: Projection
         self.database: Database
         self.lock: SubscriptionLock
-        # HTTP or gRPC, by the URL's scheme: nothing below depends on which.
+        # HTTP, gRPC or RabbitMQ (settings.transport): nothing below depends on which.
         self.feed = open_feed(settings)
 
     def _report(self) -> None:
@@ -80,6 +80,17 @@ class SubscriberRun:
 
     async def execute(self) -> Summary:
         """The whole run; never raises (the summary says what happened)."""
+        settings = self.settings
+        broker = settings.broker_address()
+        log.info(
+            "run starting",
+            subscription=settings.subscription,
+            transport=settings.transport,
+            feed=settings.feed_url,
+            follow=settings.follow,
+            **({} if broker is None else {"broker": broker.redacted()}),
+            **({} if settings.broker_stream is None else {"stream": settings.broker_stream}),
+        )
         try:
             self.projection = load_projection(self.settings.projection)
             self.database = connect_database(self.settings.database_url, pool_size=2)

@@ -18,9 +18,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from feedline_contracts import subscriber_env as env
 from feedline_contracts.auth import FeedAuth, FeedAuthSetting
+from feedline_contracts.broker import (
+    STREAM_NAME_PREFIX,
+    STREAM_SCHEME,
+    STREAM_TLS_SCHEME,
+    StreamAddress,
+    parse_stream_url,
+    stream_name,
+)
 from feedline_contracts.database import DatabaseUrl
 from feedline_contracts.feed import EVENT_NAME_PATTERN, MAX_LIMIT, MAX_WAIT_SECONDS
-from feedline_subscriber.feed_transport import feed_url_problem
+from feedline_subscriber.feed_transport import feed_url_problem, transport_of
 
 MAX_PAGE_SIZE = MAX_LIMIT  # a batch is one page
 SUBSCRIPTION_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -57,7 +65,11 @@ FLAGS: dict[str, tuple[str, str]] = {
     "feed_wait_seconds": ("--feed-wait-seconds", env.FEED_WAIT_SECONDS),
     "feed_retry_attempts": ("--feed-retry-attempts", env.FEED_RETRY_ATTEMPTS),
     "database_retries": ("--database-retries", env.DATABASE_RETRIES),
+    "broker_url": ("--broker-url", env.BROKER_URL),
+    "broker_stream": ("--broker-stream", env.BROKER_STREAM),
 }
+
+BROKER_URL_FORM = f"{STREAM_SCHEME}[+tls]://USER:PASSWORD@HOST[:PORT]/VHOST"
 
 
 class SubscriberSettings(BaseSettings):
@@ -117,6 +129,18 @@ class SubscriberSettings(BaseSettings):
         validation_alias=env.DATABASE_RETRIES,
         description="retries of a read-model database that cannot be reached yet",
     )
+    # The RabbitMQ transport: both, or neither (docs/transports.md, "RabbitMQ").
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=env.BROKER_URL,
+        repr=False,  # it carries the broker's password
+        description=f"the broker's stream endpoint, {BROKER_URL_FORM}",
+    )
+    broker_stream: str | None = Field(
+        default=None,
+        validation_alias=env.BROKER_STREAM,
+        description="the service's stream, feedline.events.SERVICE",
+    )
 
     @field_validator("subscription")
     @classmethod
@@ -134,6 +158,42 @@ class SubscriberSettings(BaseSettings):
         problem = feed_url_problem(value)  # its scheme picks the transport
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("broker_url", "broker_stream", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parse_stream_url(value)  # its messages never repeat the URL (nor its password)
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}; expected {BROKER_URL_FORM} ({STREAM_TLS_SCHEME}:// for TLS; "
+                "the vhost URL-encoded, %2F for /)"
+            ) from None
+        return value
+
+    @field_validator("broker_stream")
+    @classmethod
+    def _broker_stream(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        service = value.removeprefix(STREAM_NAME_PREFIX)
+        try:
+            if service == value:
+                raise ValueError(value)
+            stream_name(service)
+        except ValueError:
+            raise ValueError(
+                f"must be the service's stream, {STREAM_NAME_PREFIX}SERVICE (e.g. "
+                f"{STREAM_NAME_PREFIX}special-offers); got {value!r:.120}"
+            ) from None
         return value
 
     @field_validator("event_types", mode="before")
@@ -192,6 +252,39 @@ class SubscriberSettings(BaseSettings):
                 f"{FLAGS['feed_auth'][0]} is {FeedAuth.TOKEN.value}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _broker_with_its_stream_and_an_http_feed(self) -> SubscriberSettings:
+        (url_flag, url_var), (stream_flag, stream_var) = FLAGS["broker_url"], FLAGS["broker_stream"]
+        if (self.broker_url is None) != (self.broker_stream is None):
+            given, missing = (
+                (f"{url_flag} ({url_var})", f"{stream_flag} ({stream_var})")
+                if self.broker_stream is None
+                else (f"{stream_flag} ({stream_var})", f"{url_flag} ({url_var})")
+            )
+            raise ValueError(
+                f"{url_flag} ({url_var}) and {stream_flag} ({stream_var}) go together: "
+                f"{given} is set, {missing} is not; set both to read the service's "
+                "RabbitMQ stream, or neither"
+            )
+        if self.broker_url is not None and transport_of(self.feed_url) != "http":
+            flag, var = FLAGS["feed_url"]
+            raise ValueError(
+                f"{flag} ({var}) must be the service's HTTP feed (http:// or https://, e.g. "
+                f"http://special-offers/events) when {url_flag} ({url_var}) is set: the "
+                "subscriber reads the head, and what the stream no longer holds, from it; "
+                f"got {self.feed_url!r}"
+            )
+        return self
+
+    @property
+    def transport(self) -> str:
+        """``http``, ``grpc`` or ``rabbitmq``: what the run reads its events through."""
+        return "rabbitmq" if self.broker_url is not None else transport_of(self.feed_url)
+
+    def broker_address(self) -> StreamAddress | None:
+        """The broker's endpoint (``--broker-url``), or None without one."""
+        return None if self.broker_url is None else parse_stream_url(self.broker_url)
 
     def token_file(self) -> Path | None:
         if self.feed_auth is FeedAuth.NONE:

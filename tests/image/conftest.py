@@ -28,3 +28,14 @@ def feedline_image() -> str:
         )
     build_image("build-local.sh", IMAGE)
     return IMAGE
+
+
+POSTGRES_IMAGE = "localhost/feedline-postgres:15-bookworm"
+
+
+@pytest.fixture(scope="session")
+def postgres_image(feedline_image: str) -> str:
+    """The stand-in for the official postgres image (tools/image/build-postgres.sh):
+    no registry is reachable here. After the feedline image, which checks the tools."""
+    build_image("build-postgres.sh", POSTGRES_IMAGE)
+    return POSTGRES_IMAGE

@@ -3,7 +3,7 @@ it retries, what fails the run at once and in which words, a stream cut mid-way,
 that breaks the protocol, the bearer token, a follower's wait (and a stop ending it), TLS.
 
 The server is a small grpc.aio EventFeed of the test's own (the real service cannot be
-made to fail on cue); tests/integration/test_subscriber_grpc_contract.py runs the real one.
+made to fail on cue); tests/integration/test_subscriber_transport_contract.py runs the real one.
 """
 
 from __future__ import annotations

@@ -206,3 +206,116 @@ def test_start_position_accepts_a_sequence_number() -> None:
             projection="a:b",
             start_position="0",
         )
+
+
+BROKER = "rabbitmq-stream://reader:s3cret-pw@broker:5552/%2F"
+STREAM = "feedline.events.special-offers"
+
+
+def test_a_broker_and_its_stream_pick_the_rabbitmq_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(env.BROKER_URL, BROKER)
+    monkeypatch.setenv(env.BROKER_STREAM, STREAM)
+    settings = load_settings(
+        subscription="s",
+        feed_url="http://special-offers/events",
+        database_url="sqlite:///x.db",
+        projection="a:b",
+    )
+    assert settings.transport == "rabbitmq"
+    address = settings.broker_address()
+    assert address is not None
+    assert (address.host, address.port, address.username, address.vhost) == (
+        "broker",
+        5552,
+        "reader",
+        "/",
+    )
+    assert settings.broker_stream == STREAM
+    assert "s3cret-pw" not in repr(settings)  # settings may be logged
+    without = load_settings(
+        subscription="s",
+        feed_url="grpc://special-offers:9090",
+        database_url="sqlite:///x.db",
+        projection="a:b",
+        broker_url="",
+        broker_stream="",
+    )
+    assert (without.transport, without.broker_address()) == ("grpc", None)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--broker-url", BROKER],
+            "--broker-url (FEEDLINE_BROKER_URL) and --broker-stream (FEEDLINE_BROKER_STREAM) go "
+            "together: --broker-url (FEEDLINE_BROKER_URL) is set, --broker-stream "
+            "(FEEDLINE_BROKER_STREAM) is not",
+        ),
+        (
+            ["--broker-stream", STREAM],
+            "--broker-stream (FEEDLINE_BROKER_STREAM) is set, --broker-url (FEEDLINE_BROKER_URL) "
+            "is not",
+        ),
+        (
+            ["--broker-url", "amqp://reader:s3cret-pw@broker:5672/", "--broker-stream", STREAM],
+            "--broker-url (FEEDLINE_BROKER_URL): the broker URL must start with "
+            "rabbitmq-stream:// (or rabbitmq-stream+tls://), not amqp://",
+        ),
+        (
+            ["--broker-url", "rabbitmq-stream://broker:5552/", "--broker-stream", STREAM],
+            "--broker-url (FEEDLINE_BROKER_URL): the broker URL needs a user and a password "
+            "(USER:PASSWORD@HOST); expected rabbitmq-stream[+tls]://USER:PASSWORD@HOST[:PORT]/VHOST",
+        ),
+        (
+            [
+                "--broker-url",
+                "rabbitmq-stream://u:s3cret-pw@broker:port/",
+                "--broker-stream",
+                STREAM,
+            ],
+            "--broker-url (FEEDLINE_BROKER_URL): the broker URL's port is not a port",
+        ),
+        (
+            ["--broker-url", BROKER, "--broker-stream", "special-offers"],
+            "--broker-stream (FEEDLINE_BROKER_STREAM): must be the service's stream, "
+            "feedline.events.SERVICE (e.g. feedline.events.special-offers); got 'special-offers'",
+        ),
+        (
+            ["--broker-url", BROKER, "--broker-stream", "feedline.events.Not A Service"],
+            "--broker-stream (FEEDLINE_BROKER_STREAM): must be the service's stream",
+        ),
+    ],
+)
+def test_broker_flags_that_cannot_work_exit_2_naming_them_without_the_password(
+    cli: typer.Typer, args: list[str], expected: str
+) -> None:
+    code, output = invoke(cli, *REQUIRED, *args, COLUMNS="300")
+    assert code == 2, output
+    assert expected in " ".join(output.split()), output
+    assert "s3cret-pw" not in output
+
+
+def test_broker_variables_are_checked_as_the_flags_are(cli: typer.Typer) -> None:
+    code, output = invoke(
+        cli,
+        *REQUIRED,
+        **{env.BROKER_URL: "amqp://reader:s3cret-pw@broker/", env.BROKER_STREAM: STREAM},
+    )
+    assert code == 2
+    assert "--broker-url (FEEDLINE_BROKER_URL): the broker URL must start with" in output
+    assert "s3cret-pw" not in output
+
+
+def test_a_broker_needs_the_http_feed_as_the_feed_url(cli: typer.Typer) -> None:
+    args = [*REQUIRED]
+    args[args.index("--feed-url") + 1] = "grpc://special-offers:9090"
+    code, output = invoke(cli, *args, "--broker-url", BROKER, "--broker-stream", STREAM)
+    assert code == 2
+    assert (
+        "--feed-url (FEEDLINE_FEED_URL) must be the service's HTTP feed (http:// or https://, "
+        "e.g. http://special-offers/events) when --broker-url (FEEDLINE_BROKER_URL) is set"
+    ) in " ".join(output.split())
+    assert "s3cret-pw" not in output

@@ -309,3 +309,69 @@ def test_the_operator_passes_a_grpc_feed_url_through_unchanged(name: str) -> Non
     (container,) = template["template"]["spec"]["containers"]
     rendered = {e["name"]: e.get("value") for e in container["env"]}
     assert rendered["FEEDLINE_FEED_URL"] == "grpc://special-offers:9090"
+
+
+async def test_a_broker_picks_the_rabbitmq_transport_with_the_http_feed_beside_it(
+    tmp_path: Any,
+) -> None:
+    from feedline_subscriber.broker_feed_client import BrokerFeedClient
+
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    feed = open_feed(
+        settings(
+            "http://special-offers/events",
+            broker_url="rabbitmq-stream://reader:pw@broker/%2F",
+            broker_stream="feedline.events.special-offers",
+            event_types="A,B",
+            feed_auth="Token",
+            feed_token_file=str(token),
+            feed_retry_attempts=3,
+            follow=True,
+        )
+    )
+    try:
+        assert isinstance(feed, BrokerFeedClient)
+        assert feed.url == "http://special-offers/events"
+        assert feed.pages_in_flight == 1
+        assert (feed.broker.host, feed.broker.port, feed.broker.password) == ("broker", 5552, "pw")
+        assert feed.stream == "feedline.events.special-offers"
+        assert feed.event_types == {"A", "B"}
+        assert feed.follow
+        # The HTTP feed beside it: the same URL, filter, token and retries.
+        assert isinstance(feed.http, HttpFeedClient)
+        assert (feed.http.url, feed.http.event_types) == (
+            "http://special-offers/events",
+            ("A", "B"),
+        )
+        assert feed.http.token_file == token
+        assert feed.http.retry.total == 3
+    finally:
+        await feed.aclose()
+        await feed.aclose()  # idempotent
+
+
+def test_a_run_over_http_or_grpc_never_imports_rstream() -> None:
+    """The broker's client library loads only for a broker run (as gRPC only for gRPC)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, asyncio\n"
+        "from feedline_subscriber import command, runner\n"
+        "from feedline_subscriber.feed_transport import open_feed\n"
+        "from feedline_subscriber.settings import load_settings\n"
+        "for url in ('http://offers/events', 'grpc://offers:9090'):\n"
+        "    feed = open_feed(load_settings(subscription='s', feed_url=url,\n"
+        "        database_url='sqlite:///x.db', projection='a:b'))\n"
+        "    asyncio.run(feed.aclose())\n"
+        "assert 'rstream' not in sys.modules, 'rstream imported'\n"
+        "open_feed(load_settings(subscription='s', feed_url='http://offers/events',\n"
+        "    database_url='sqlite:///x.db', projection='a:b',\n"
+        "    broker_url='rabbitmq-stream://u:p@b/%2F', broker_stream='feedline.events.offers'))\n"
+        "assert 'rstream' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
