@@ -603,3 +603,118 @@ def test_demo_subscribers_may_reach_grpc_and_the_broker_the_services_offer(
     created = run([kubectl, f"--kubeconfig={kubeconfig}", f"--namespace={namespace}", "create",
                    "--dry-run=server", "--validate=strict", "-f", objects])  # fmt: skip
     assert created.count("created (server dry run)") == len(policies), created
+
+
+SAT = "feedAuth.mode=ServiceAccountToken"
+
+
+def test_service_chart_names_the_feed_readers_when_asked(
+    helm: Path, demo_chart: Path, tmp_path: Path
+) -> None:
+    """feedAuth.readers: FEEDLINE_FEED_READERS, comma-joined, only when non-empty; readers
+    without feedAuth.mode ServiceAccountToken fail the render naming both values; the
+    schema refuses what is not a reader (READER_PATTERN; tests/unit/test_chassis.py keeps
+    the two equal). Through the demo: only the instance given readers gets them."""
+
+    def readers_env(*values: str) -> list[str]:
+        docs = render(helm, SERVICE_CHART, "shop", "feedlineService=special-offers", *values)
+        (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        return [e["value"] for e in container["env"] if e["name"] == "FEEDLINE_FEED_READERS"]
+
+    assert readers_env() == []
+    assert readers_env(SAT) == []
+    assert readers_env(SAT, "feedAuth.readers={system:serviceaccount:shop:loyalty}") == [
+        "system:serviceaccount:shop:loyalty"
+    ]
+    assert readers_env(
+        SAT,
+        "feedAuth.readers={system:serviceaccount:shop:loyalty,system:serviceaccounts:billing}",
+    ) == ["system:serviceaccount:shop:loyalty,system:serviceaccounts:billing"]
+
+    def refused(*values: str) -> str:
+        argv: list[str | Path] = [
+            helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+            "--set", "feedlineService=special-offers",
+        ]  # fmt: skip
+        for value in values:
+            argv += ["--set", value]
+        return run(argv, ok=False)
+
+    one = "feedAuth.readers={system:serviceaccount:shop:loyalty}"
+    for mode, extra in (("None", ()), ("Token", ("feedAuth.tokenSecret.name=feed-token",))):
+        failed = refused(f"feedAuth.mode={mode}", *extra, one)
+        assert (
+            f"feedAuth.readers needs feedAuth.mode ServiceAccountToken (feedAuth.mode is {mode})"
+        ) in failed
+    for entry in (
+        "loyalty",
+        "system:serviceaccount:shop",  # a ServiceAccount needs its namespace and name
+        "system:serviceaccounts:shop:loyalty",  # a namespace's group has no name
+        "system:serviceaccount:Shop:loyalty",
+        "system:masters",
+        "xsystem:serviceaccounts:shop",
+    ):
+        assert "/feedAuth/readers/0" in refused(SAT, f"feedAuth.readers={{{entry}}}"), entry
+    twice = refused(
+        SAT, "feedAuth.readers={system:serviceaccounts:shop,system:serviceaccounts:shop}"
+    )
+    assert "/feedAuth/readers" in twice
+
+    # The demo: product-catalog switched to ServiceAccountToken, with its readers.
+    docs = render(
+        helm, demo_chart, "shop",
+        f"productCatalog.{SAT}",
+        "productCatalog.feedAuth.readers={system:serviceaccount:shop:default}",
+        "productCatalog.networkPolicy.apiServer[0].cidr=192.0.2.10/32",
+        "productCatalog.networkPolicy.apiServer[0].port=6443",
+    )  # fmt: skip
+    found = {
+        doc["metadata"]["name"]: [
+            e.get("value")
+            for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "FEEDLINE_FEED_READERS"
+        ]
+        for doc in docs
+        if doc["kind"] == "Deployment"
+    }
+    assert found == {
+        "special-offers": [],
+        "loyalty-program": [],
+        "shopping-cart": [],
+        "product-catalog": ["system:serviceaccount:shop:default"],
+    }
+
+    env = helm_env(tmp_path / ".helm")
+    run([helm, "lint", "--strict", SERVICE_CHART, "--set", "feedlineService=special-offers",
+         "--set", SAT, "--set", one], env=env)  # fmt: skip
+
+
+def test_service_chart_with_readers_is_accepted(
+    namespace: str, helm: Path, kubectl: Path, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """With feedAuth.readers, every object passes a strict server-side dry run, and the
+    install's notes list the readers (and, without them, say that anyone authenticated reads)."""
+    values = ("feedlineService=special-offers", SAT,
+              f"feedAuth.readers={{system:serviceaccount:{namespace}:loyalty}}")  # fmt: skip
+    docs = render(helm, SERVICE_CHART, namespace, *values)
+    objects = tmp_path / "service.yaml"
+    objects.write_text(yaml.safe_dump_all(docs))
+    created = run([kubectl, f"--kubeconfig={kubeconfig}", f"--namespace={namespace}", "create",
+                   "--dry-run=server", "--validate=strict", "-f", objects])  # fmt: skip
+    assert created.count("created (server dry run)") == len(docs), created
+
+    def notes(*values: str) -> str:
+        argv: list[str | Path] = [
+            helm, "install", "special-offers", SERVICE_CHART, f"--kubeconfig={kubeconfig}",
+            f"--namespace={namespace}", "--dry-run=server",
+        ]  # fmt: skip
+        for value in values:
+            argv += ["--set", value]
+        return run(argv, env=helm_env(tmp_path / ".helm"))
+
+    named = notes(*values)
+    assert "only these may read it (feedAuth.readers; others get 403):" in named
+    assert f"  system:serviceaccount:{namespace}:loyalty\n" in named
+    anyone = notes(*values[:2])
+    assert "Every ServiceAccount the API server authenticates may read it" in anyone

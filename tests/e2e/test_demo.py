@@ -160,7 +160,7 @@ def test_follow_status_moves_within_seconds(demo: Demo) -> None:
 
 
 READER = """
-import os, urllib.error, urllib.request
+import json, os, urllib.error, urllib.request
 request = urllib.request.Request("http://product-catalog/events")
 path = "/var/run/secrets/feedline/token"
 if os.path.exists(path):
@@ -169,11 +169,16 @@ try:
     print(urllib.request.urlopen(request, timeout=10).status)
 except urllib.error.HTTPError as err:
     print(err.code)
+    print(json.loads(err.read()).get("detail", ""))
 """
 
 
-def reader_pod(name: str, *, with_token: bool) -> dict[str, Any]:
-    """A restricted-profile pod that GETs product-catalog's feed once."""
+def reader_pod(
+    name: str, *, with_token: bool, service_account: str | None = None
+) -> dict[str, Any]:
+    """A restricted-profile pod that GETs product-catalog's feed once: prints the status,
+    and for a refusal the problem's detail. It runs as ``service_account`` (else the
+    namespace's ``default``)."""
     container: dict[str, Any] = {
         "name": "reader",
         "image": "feedline:0.1.0",
@@ -206,11 +211,13 @@ def reader_pod(name: str, *, with_token: bool) -> dict[str, Any]:
                 },
             }
         ]
+    spec: dict[str, Any] = {"serviceAccountName": service_account} if service_account else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
         "spec": {
+            **spec,
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "securityContext": {
@@ -226,33 +233,64 @@ def reader_pod(name: str, *, with_token: bool) -> dict[str, Any]:
 
 
 def test_feed_auth_service_account_token(demo: Demo, tmp_path: Path) -> None:
-    """product-catalog with feedAuth.mode=ServiceAccountToken (helm upgrade):
-    a projected token with the `feedline` audience is accepted through
-    TokenReview; a pod without one gets 401."""
+    """product-catalog with feedAuth.mode=ServiceAccountToken and feedAuth.readers naming
+    the namespace's `default` ServiceAccount (helm upgrade): a pod running as it, with a
+    projected token (audience `feedline`), reads the feed through TokenReview (200); a pod
+    of another ServiceAccount, its token just as valid, gets 403 naming that ServiceAccount
+    and not the readers; a pod without a token gets 401."""
+    reader = f"system:serviceaccount:{demo.namespace}:default"
     demo.cluster.helm(
         "upgrade", "e2e-demo", str(demo.chart), "--namespace", demo.namespace,
         "--reuse-values", "--set", "productCatalog.feedAuth.mode=ServiceAccountToken",
+        "--set", f"productCatalog.feedAuth.readers={{{reader}}}",
         "--wait", "--timeout", "5m",
     )  # fmt: skip
     suffix = uuid.uuid4().hex[:6]
+    other = f"not-a-reader-{suffix}"
     pods = {
-        f"reader-token-{suffix}": ("200", True),
-        f"reader-none-{suffix}": ("401", False),
+        f"reader-token-{suffix}": (["200"], True, None),
+        f"reader-other-{suffix}": (
+            [
+                "403",
+                f"system:serviceaccount:{demo.namespace}:{other} may not read this feed: "
+                "it is not among the feed's readers",
+            ],
+            True,
+            other,
+        ),
+        f"reader-none-{suffix}": (
+            ["401", "this feed needs an Authorization: Bearer token"],
+            False,
+            None,
+        ),
     }
     manifest = tmp_path / "readers.yaml"
     manifest.write_text(
         yaml.safe_dump_all(
-            [reader_pod(name, with_token=token) for name, (_, token) in pods.items()]
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": other},
+                    "automountServiceAccountToken": False,
+                },
+                *(
+                    reader_pod(name, with_token=token, service_account=account)
+                    for name, (_, token, account) in pods.items()
+                ),
+            ]
         )
     )
     demo.kubectl("apply", "-f", str(manifest))
     try:
-        for name, (expected, _) in pods.items():
+        for name, (expected, _, _) in pods.items():
             demo.kubectl(
                 "wait", "--for=jsonpath={.status.phase}=Succeeded", f"pod/{name}",
                 "--timeout=120s", timeout=130,
             )  # fmt: skip
-            assert demo.kubectl("logs", name).strip() == expected, name
+            printed = demo.kubectl("logs", name)
+            assert printed.strip().splitlines() == expected, name
+            assert reader not in printed, name
     finally:
         demo.kubectl("delete", "-f", str(manifest), "--wait=false")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ from feedline.chassis.eventstore import NewEvent
 from feedline.chassis.feed import _matches
 from feedline.chassis.settings import ServiceSettings
 from feedline.chassis.tracing import continue_or_start, parse_traceparent
-from feedline_contracts.auth import TOKEN_AUDIENCE, FeedAuth
+from feedline_contracts.auth import READER_PATTERN, TOKEN_AUDIENCE, FeedAuth, reader_problem
 from feedline_contracts.database import DatabaseUrlError, parse_database_url
 
 pytestmark = pytest.mark.unit
@@ -281,6 +282,29 @@ def test_readers_need_serviceaccounttoken_mode() -> None:
     )
     with pytest.raises(ValueError, match="FEEDLINE_FEED_READERS needs FEEDLINE_FEED_AUTH="):
         create_authorizer(settings)
+
+
+SERVICE_CHART_SCHEMA = Path(__file__).parents[2] / "charts/feedline-service/values.schema.json"
+
+
+def test_the_service_chart_checks_readers_with_the_contracts_pattern() -> None:
+    """The chart's feedAuth.readers (values.schema.json) is checked with READER_PATTERN,
+    anchored: JSON Schema patterns search and the chassis matches whole entries, so the
+    chart lets through exactly the readers the service then accepts (they cannot drift)."""
+    schema = json.loads(SERVICE_CHART_SCHEMA.read_text())
+    readers = schema["properties"]["feedAuth"]["properties"]["readers"]
+    assert readers["type"] == "array"
+    pattern = readers["items"]["pattern"]
+    assert pattern == f"^(?:{READER_PATTERN.pattern})$"
+    for entry in (
+        "system:serviceaccount:shop:subscriber",
+        "system:serviceaccounts:shop",
+        "system:serviceaccounts:shop:subscriber",  # a group has no name part
+        "system:serviceaccount:shop",
+        "xsystem:serviceaccounts:shop",
+        "system:serviceaccount:Shop:x",
+    ):
+        assert (re.search(pattern, entry) is not None) == (reader_problem(entry) is None), entry
 
 
 @pytest.mark.parametrize("name", ["", 'Quote"d', "with space", "a,b", "ü", "x" * 201, "new\nline"])
