@@ -10,8 +10,10 @@ The charts' pods running and Ready is the e2e tier's (tests/e2e/test_demo.py).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from feedline.services.registry import SERVICES
 from tests.support.kube import apis
 from tests.support.kube.cluster import create_namespace, delete_namespace, namespace_name
 from tests.support.operator_fixtures import install_crd
@@ -718,3 +721,43 @@ def test_service_chart_with_readers_is_accepted(
     assert f"  system:serviceaccount:{namespace}:loyalty\n" in named
     anyone = notes(*values[:2])
     assert "Every ServiceAccount the API server authenticates may read it" in anyone
+
+
+def test_service_chart_serves_a_service_of_your_own(helm: Path, tmp_path: Path) -> None:
+    """A `feedline new-service` service: its generated values render a pod that serves its
+    import path, with its own name on every object; an unknown name alone is refused."""
+    created = subprocess.run(
+        [str(Path(sys.executable).with_name("feedline")), "new-service", "gift-cards",
+         "--directory", str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    values = tmp_path / "gift-cards" / "deploy" / "values.yaml"
+    docs = render(helm, SERVICE_CHART, "shop", values_file=values)
+    [deployment] = [doc for doc in docs if doc["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "gift_cards.service:definition"
+    assert deployment["metadata"]["labels"]["feedline.dev/service"] == "gift-cards"
+    assert all("gift-cards" in doc["metadata"]["name"] for doc in docs)
+    run([helm, "lint", "--strict", SERVICE_CHART, "-f", values])
+
+    error = run(
+        [helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+         "--set", "feedlineService=gift-cards"],
+        ok=False,
+    )  # fmt: skip
+    assert 'feedlineService "gift-cards" is not an example service' in error
+    assert "set serviceApp to its ServiceDefinition's import path" in error
+    error = run(
+        [helm, "template", "x", SERVICE_CHART, "--kube-version", KUBE_VERSION,
+         "--set", "feedlineService=gift-cards", "--set", "serviceApp=gift_cards.service"],
+        ok=False,
+    )  # fmt: skip
+    assert "/serviceApp" in error
+
+
+def test_the_chart_knows_the_same_example_services_as_feedline_serve() -> None:
+    helpers = (SERVICE_CHART / "templates" / "_helpers.tpl").read_text()
+    listed = re.search(r'define "feedline-service.examples" -}}\n(.*)\n', helpers)
+    assert listed is not None
+    assert listed.group(1).split() == list(SERVICES)

@@ -38,9 +38,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 feedline.dev/service: {{ include "feedline-service.feedlineService" . }}
 {{- end }}
 
-{{/* Which example service runs; fails the render when unset. */}}
+{{/* The example services `feedline serve NAME` knows (feedline.services.registry.SERVICES;
+tests/cluster/test_charts.py keeps the two lists equal). */}}
+{{- define "feedline-service.examples" -}}
+special-offers loyalty-program shopping-cart product-catalog
+{{- end }}
+
+{{/* The service's name (objects, labels, its stream); fails the render when unset, or when
+it is not an example and serviceApp does not say what to serve. */}}
 {{- define "feedline-service.feedlineService" -}}
-{{- required "feedlineService is required: special-offers, loyalty-program, shopping-cart or product-catalog" .Values.feedlineService }}
+{{- $name := required "feedlineService is required: special-offers, loyalty-program, shopping-cart or product-catalog, or your service's name with serviceApp" .Values.feedlineService }}
+{{- if and (not .Values.serviceApp) (not (has $name (splitList " " (include "feedline-service.examples" .)))) }}
+{{- fail (printf "feedlineService %q is not an example service (%s): set serviceApp to its ServiceDefinition's import path, package.module:attribute (feedline new-service writes it)" $name (include "feedline-service.examples" . | replace " " ", ")) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* What `feedline serve` is given: serviceApp's import path, else the example's name. */}}
+{{- define "feedline-service.serveTarget" -}}
+{{- default (include "feedline-service.feedlineService" .) .Values.serviceApp }}
 {{- end }}
 
 {{- define "feedline-service.serviceAccountName" -}}
