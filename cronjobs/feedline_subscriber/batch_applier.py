@@ -9,6 +9,13 @@ checkpoint just before it and :class:`PoisonEventHaltError` ends the run.
 A lost database connection is never taken for a poison event: it ends the
 batch at once (nothing of it committed) for the run to reconnect and go on
 from the checkpoint (:mod:`feedline_subscriber.runner`).
+
+Telemetry on (docs/subscriber.md, "Spans and links"): each batch is applied
+inside a ``subscriber.batch`` span, the read-model write and the checkpoint's
+transaction. It LINKS to the span that appended each of its events (the
+events' ``traceparent``: the request that raised them), distinct contexts
+only, at most ``MAX_LINKS_PER_SPAN`` (128); ``feedline.links.dropped`` counts
+the rest. Off, nothing of this runs: no event's traceparent is even parsed.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import asyncio
 from collections.abc import Sequence
 
 import structlog
+from opentelemetry.trace import Link, Tracer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from feedline_contracts.database import connection_lost
+from feedline_contracts.telemetry import MAX_LINKS_PER_SPAN, Telemetry, span_context_of
 from feedline_subscriber.checkpoint import CheckpointStore
 from feedline_subscriber.feed_transport import Event
 from feedline_subscriber.lock import SubscriptionLock
@@ -56,6 +65,28 @@ class PoisonEventHaltError(Exception):
         return self.sequence_number - 1
 
 
+def batch_links(
+    events: Sequence[Event], max_links: int = MAX_LINKS_PER_SPAN
+) -> tuple[list[Link], int]:
+    """Links to the spans that appended ``events`` (first ``max_links`` distinct), and how
+    many more distinct ones were left out. Events without a valid traceparent add none."""
+    seen: set[str] = set()
+    links: list[Link] = []
+    dropped = 0
+    for event in events:
+        traceparent = event.traceparent
+        if not traceparent or traceparent in seen:
+            continue
+        seen.add(traceparent)
+        if len(links) >= max_links:
+            dropped += 1
+            continue
+        span_context = span_context_of(traceparent)
+        if span_context is not None:
+            links.append(Link(span_context, {"feedline.sequence_number": event.sequence_number}))
+    return links, dropped
+
+
 class _ProjectionFailedError(Exception):
     """Carries a projection's exception out of the batch transaction (so it rolls back)."""
 
@@ -76,6 +107,7 @@ class BatchApplier:
         checkpoints: CheckpointStore,
         lock: SubscriptionLock,
         state: RunState,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.connection = connection
         self.settings = settings
@@ -83,6 +115,16 @@ class BatchApplier:
         self.checkpoints = checkpoints
         self.lock = lock
         self.state = state
+        self._tracer = telemetry.tracer if telemetry is not None else None
+        self._applied = (
+            telemetry.meter.create_counter(
+                "feedline.events.applied",
+                unit="{event}",
+                description="Events applied to the read model (dead-lettered ones not counted).",
+            )
+            if telemetry is not None and telemetry.meter is not None
+            else None
+        )
 
     def _context(self) -> ProjectionContext:
         return ProjectionContext(
@@ -91,6 +133,37 @@ class BatchApplier:
 
     async def apply(self, events: Sequence[Event], old: int, new: int) -> None:
         """Apply one batch and move the checkpoint from ``old`` to ``new``, in one transaction."""
+        processed = self.state.processed
+        try:
+            if self._tracer is None:
+                await self._apply(events, old, new)
+            else:
+                await self._traced_apply(self._tracer, events, old, new)
+        finally:
+            if self._applied is not None and self.state.processed > processed:
+                self._applied.add(
+                    self.state.processed - processed,
+                    {"feedline.subscription": self.settings.subscription},
+                )
+
+    async def _traced_apply(
+        self, tracer: Tracer, events: Sequence[Event], old: int, new: int
+    ) -> None:
+        links, dropped = batch_links(events)
+        attributes: dict[str, str | int] = {
+            "feedline.subscription": self.settings.subscription,
+            "feedline.events.count": len(events),
+            "feedline.checkpoint.old": old,
+            "feedline.checkpoint.new": new,
+            "feedline.links.dropped": dropped,
+        }
+        if events:
+            attributes["feedline.sequence_number.first"] = events[0].sequence_number
+            attributes["feedline.sequence_number.last"] = events[-1].sequence_number
+        with tracer.start_as_current_span("subscriber.batch", links=links, attributes=attributes):
+            await self._apply(events, old, new)
+
+    async def _apply(self, events: Sequence[Event], old: int, new: int) -> None:
         connection = self.connection
         context = self._context()
         try:

@@ -11,8 +11,10 @@ message saying what was wrong and the checkpoint never moves.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 import httpx
@@ -31,6 +33,7 @@ from feedline_subscriber.feed_transport import (
     collector_paused,
     feed_retry,
     new_event,
+    optional_text,
     read_token,
     sequence_is_valid,
 )
@@ -99,7 +102,7 @@ def _event(index: int, item: Any) -> Event:
         raise FeedProtocolError(
             f"event {number}: content must be a JSON object, got {content!r:.50}"
         )
-    return Event(number, occurred_at, name, content)
+    return Event(number, occurred_at, name, content, optional_text(item.get("traceparent")))
 
 
 _SEQUENCE_NUMBER = itemgetter("sequenceNumber")
@@ -122,6 +125,8 @@ def _checked_events(body: list[Any], start: int, filtered: bool) -> list[Event] 
         occurred_at = list(map(_OCCURRED_AT, body))
         names = list(map(_NAME, body))
         contents = list(map(_CONTENT, body))
+        # Optional (protocol v1 readers ignore fields they do not know; this one is known).
+        traceparents = list(map(dict.get, body, repeat("traceparent")))
     except (KeyError, TypeError):  # an event that is not an object, or lacks a field
         return None
     if not body:
@@ -136,7 +141,11 @@ def _checked_events(body: list[Any], start: int, filtered: bool) -> list[Event] 
         return None
     if not sequence_is_valid(numbers, start, filtered):
         return None
-    return list(map(new_event, zip(numbers, occurred_at, names, contents, strict=True)))
+    if set(map(type, traceparents)) - {str, NoneType}:
+        traceparents = list(map(optional_text, traceparents))
+    return list(
+        map(new_event, zip(numbers, occurred_at, names, contents, traceparents, strict=True))
+    )
 
 
 def _checked_events_slowly(body: list[Any], start: int, filtered: bool) -> list[Event]:

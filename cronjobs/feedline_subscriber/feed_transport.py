@@ -77,6 +77,10 @@ class Event(NamedTuple):
     occurred_at: str
     name: str
     content: dict[str, Any]
+    # The W3C trace context of the span that appended it (the feed's optional
+    # ``traceparent``), as sent; None when the event has none. Not checked: a
+    # value that does not parse only means the batch span has no link to it.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,15 @@ def collector_paused() -> Iterator[None]:
 
 
 # Event(*fields) without the Python-level __new__ of a named tuple: built in C.
-new_event: Callable[[tuple[int, str, str, dict[str, Any]]], Event] = partial(tuple.__new__, Event)
+# Always all five fields: a shorter tuple would lack ``traceparent`` (no default applies).
+new_event: Callable[[tuple[int, str, str, dict[str, Any], str | None]], Event] = partial(
+    tuple.__new__, Event
+)
+
+
+def optional_text(value: object) -> str | None:
+    """An optional text field as a reader keeps it: a string, else None (ignored, not an error)."""
+    return value if isinstance(value, str) and value else None
 
 
 class PageWords(NamedTuple):

@@ -134,7 +134,8 @@ def _event(index: int, item: feed_pb2.Event) -> Event:
         raise FeedProtocolError(
             f"event {number}: content must be a JSON object, got {content!r:.50}"
         )
-    return Event(number, item.occurred_at, item.name, content)
+    traceparent = item.traceparent if item.HasField("traceparent") else None
+    return Event(number, item.occurred_at, item.name, content, traceparent or None)
 
 
 def batch_page(batch: feed_pb2.EventBatch, *, start: int, limit: int, filtered: bool) -> Page:
@@ -152,6 +153,8 @@ def batch_page(batch: feed_pb2.EventBatch, *, start: int, limit: int, filtered: 
         numbers = [item.sequence_number for item in items]
         occurred_at = [item.occurred_at for item in items]
         names = [item.name for item in items]
+        # Optional: unset (and empty) is None.
+        traceparents = [item.traceparent or None for item in items]
         try:
             contents: list[Any] | None = list(map(orjson.loads, [item.content for item in items]))
         except orjson.JSONDecodeError:
@@ -166,7 +169,11 @@ def batch_page(batch: feed_pb2.EventBatch, *, start: int, limit: int, filtered: 
             events = [_event(index, item) for index, item in enumerate(items)]
             check_sequence(events, start, filtered)
         else:
-            events = list(map(new_event, zip(numbers, occurred_at, names, contents, strict=True)))
+            events = list(
+                map(
+                    new_event, zip(numbers, occurred_at, names, contents, traceparents, strict=True)
+                )
+            )
     return check_page(
         events,
         start=start,

@@ -19,6 +19,12 @@ to ``--database-retries`` losses in a row without progress.
 Throughput: the next page is fetched while the current one is written, so
 the feed's latency and the database's overlap; pages are large and the
 built-in projections write a batch in one or two statements.
+
+Telemetry (on when the ``OTEL_*`` env says so; docs/subscriber.md): a run is
+a ``subscriber.run`` span, each applied batch a ``subscriber.batch`` span
+below it that links to the requests that raised its events. A follower's run
+never ends, so under ``--follow`` there is no run span: each batch span is
+the root of a trace of its own. The spans are flushed when the run ends.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import traceback
 from collections.abc import Callable
 
 import structlog
+from opentelemetry.trace import Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from feedline_contracts.database import (
@@ -38,6 +45,7 @@ from feedline_contracts.database import (
     connect_database,
     connection_lost,
 )
+from feedline_contracts.telemetry import Telemetry, telemetry_from_env
 from feedline_subscriber.batch_applier import BatchApplier, PoisonEventHaltError, describe
 from feedline_subscriber.checkpoint import Checkpoint, CheckpointStore, create_subscriber_tables
 from feedline_subscriber.feed_transport import open_feed
@@ -50,6 +58,7 @@ from feedline_subscriber.summary import Outcome, RunState, Summary
 
 log = structlog.get_logger("feedline.subscriber")
 
+SERVICE_NAME = "feedline-subscriber"  # the default service.name of its spans and metrics
 LOCK_POLL_SECONDS = 1.0  # follow mode: how often a standby follower tries the lock
 
 
@@ -73,6 +82,10 @@ class SubscriberRun:
         self.lock: SubscriptionLock
         # HTTP, gRPC or RabbitMQ (settings.transport): nothing below depends on which.
         self.feed = open_feed(settings)
+        # None (off) unless the OTEL_* env asks for it; service.name feedline-subscriber.
+        self.telemetry: Telemetry | None = telemetry_from_env(
+            SERVICE_NAME, {"feedline.subscription": settings.subscription}
+        )
 
     def _report(self) -> None:
         if self.on_progress is not None:
@@ -80,6 +93,30 @@ class SubscriberRun:
 
     async def execute(self) -> Summary:
         """The whole run; never raises (the summary says what happened)."""
+        telemetry = self.telemetry
+        if telemetry is None:
+            return await self._execute()
+        try:
+            if telemetry.tracer is None or self.settings.follow:
+                return await self._execute()
+            with telemetry.tracer.start_as_current_span(
+                "subscriber.run",
+                attributes={
+                    "feedline.subscription": self.settings.subscription,
+                    "feedline.transport": self.settings.transport,
+                },
+            ) as span:
+                summary = await self._execute()
+                span.set_attribute("feedline.outcome", summary.outcome.value)
+                span.set_attribute("feedline.processed", summary.processed)
+                if summary.outcome in {Outcome.FAILED, Outcome.HALTED}:
+                    span.set_status(Status(StatusCode.ERROR, summary.message))
+                return summary
+        finally:
+            # Off the event loop: a slow or absent collector does not hold up the loop.
+            await asyncio.to_thread(telemetry.shutdown)
+
+    async def _execute(self) -> Summary:
         settings = self.settings
         broker = settings.broker_address()
         log.info(
@@ -242,6 +279,7 @@ class SubscriberRun:
             checkpoints=self.checkpoints,
             lock=self.lock,
             state=self.state,
+            telemetry=self.telemetry,
         )
         stream = PageStream(self.feed, self.settings, position=self.state.position, stop=self.stop)
         async with stream as pages:

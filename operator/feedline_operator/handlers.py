@@ -6,14 +6,21 @@
 
 Handlers are registered on a registry built per operator instance (no module
 globals), so tests can run an operator in-process next to another one.
+
+Telemetry (on when the ``OTEL_*`` env says so; docs/architecture.md): each
+reconcile is an ``operator.reconcile`` span (service.name ``feedline-operator``),
+with the subscription and the reason as attributes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kopf
 
+from feedline_contracts.telemetry import telemetry_from_env
 from feedline_operator import names, observation, reconcile, startup
 from feedline_operator.config import OperatorConfig
 from feedline_operator.kube import Kube, object_path
@@ -26,10 +33,33 @@ POD_FILTER = {
     names.LABEL_COMPONENT: names.SUBSCRIBER_COMPONENT,
 }
 BACKOFF = reconcile.RETRY_BACKOFF_SECONDS
+SERVICE_NAME = "feedline-operator"  # the default service.name of its spans
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+    telemetry = telemetry_from_env(SERVICE_NAME)
+    tracer = telemetry.tracer if telemetry is not None else None
+
+    @contextmanager
+    def reconcile_span(body: Any, reason: str) -> Iterator[None]:
+        if tracer is None:
+            yield
+            return
+        metadata = body.get("metadata", {})
+        with tracer.start_as_current_span(
+            "operator.reconcile",
+            attributes={
+                "feedline.subscription": str(metadata.get("name", "")),
+                "k8s.namespace.name": str(metadata.get("namespace", "")),
+                "feedline.reconcile.reason": reason,
+            },
+        ):
+            yield
+
+    def reconcile_traced(kube: Any, body: Any, logger: Logger, reason: str) -> None:
+        with reconcile_span(body, reason):
+            reconcile.reconcile_and_report(kube, body, config.defaults, logger, reason)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -42,6 +72,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.cleanup(registry=registry)
     def close(memo: kopf.Memo, **_: Any) -> None:
         startup.close(memo)
+        if telemetry is not None:
+            telemetry.shutdown()
 
     @kopf.on.probe(id="reconciles", registry=registry)
     def probe_reconciles(**_: Any) -> float:
@@ -53,7 +85,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     def reconcile_subscription(
         body: kopf.Body, memo: Any, logger: Logger, reason: str, **_: Any
     ) -> None:
-        reconcile.reconcile_and_report(memo.kube, body, config.defaults, logger, str(reason))
+        reconcile_traced(memo.kube, body, logger, str(reason))
 
     @kopf.timer(
         *EVSUB,
@@ -63,7 +95,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     )
     def resync(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
         """A safety net: Secrets that appeared, events the watch missed."""
-        reconcile.reconcile_and_report(memo.kube, body, config.defaults, logger, "resync")
+        reconcile_traced(memo.kube, body, logger, "resync")
 
     @kopf.timer(
         *EVSUB,
@@ -90,7 +122,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             logger.info(
                 f"child {body.get('kind')} {body.metadata.name} {type.lower()}: reconciling"
             )
-            reconcile.reconcile_and_report(kube, parent, config.defaults, logger, "drift")
+            reconcile_traced(kube, parent, logger, "drift")
 
     @kopf.on.event("", "v1", "pods", labels=POD_FILTER, registry=registry)
     def pod_changed(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:

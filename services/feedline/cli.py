@@ -321,13 +321,32 @@ def dev(
             show_default="only when a subscription has feed.broker",
         ),
     ] = False,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="the dashboard's port (its URL is printed at start and in status.json); "
+            "0: a free port",
+            show_default="8000 + --port-offset",
+        ),
+    ] = None,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="serve the dashboard (services, subscriptions, logs, traces, metrics; "
+            "never with --once)",
+        ),
+    ] = True,
 ) -> None:
     """Run the example services and every EventSubscription of DIR locally (no Kubernetes).
 
     SQLite databases; each service serves its feed over HTTP and gRPC (a free port:
     grpc://NAME URLs map to it); a subscription with feed.broker gets a local RabbitMQ
     node that the services relay to. Each subscriber runs the pod spec the operator
-    would render, on its schedule (CronJob) or all the time (Follow). Shows position and lag.
+    would render, on its schedule (CronJob) or all the time (Follow). Shows position and lag,
+    and serves a dashboard (--dashboard-port; logs, traces, request rates, run-now).
     A service or follower that crashes is reported and restarted. Ctrl-C or
     SIGTERM stops everything. `feedline dev run-now NAME [DIR]` (another
     terminal) runs a CronJob subscription now. Exit codes: 0 stopped; 1 a
@@ -361,6 +380,8 @@ def dev(
         output=output,
         crd=Path(crd) if crd else None,
         broker=broker,
+        dashboard=dashboard,
+        dashboard_port=dashboard_port,
     )
     try:
         folder, layout = load(options, Console(stderr=True))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x65\x64line/feed/v1/feed.proto\x12\x10\x66\x65\x65\x64line.feed.v1\"m\n\x10SubscribeRequest\x12\x12\n\x05start\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x42\x08\n\x06_startB\x08\n\x06_limit\"T\n\x05\x45vent\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x03\x12\x13\n\x0boccurred_at\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\"W\n\nEventBatch\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.feedline.feed.v1.Event\x12\x0c\n\x04head\x18\x02 \x01(\x03\x12\x12\n\nnext_start\x18\x03 \x01(\x03\"\r\n\x0bHeadRequest\"\x1c\n\x0cHeadResponse\x12\x0c\n\x04head\x18\x01 \x01(\x03\x32\xa3\x01\n\tEventFeed\x12O\n\tSubscribe\x12\".feedline.feed.v1.SubscribeRequest\x1a\x1c.feedline.feed.v1.EventBatch0\x01\x12\x45\n\x04Head\x12\x1d.feedline.feed.v1.HeadRequest\x1a\x1e.feedline.feed.v1.HeadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x65\x64line/feed/v1/feed.proto\x12\x10\x66\x65\x65\x64line.feed.v1\"m\n\x10SubscribeRequest\x12\x12\n\x05start\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\r\n\x05types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x42\x08\n\x06_startB\x08\n\x06_limit\"~\n\x05\x45vent\x12\x17\n\x0fsequence_number\x18\x01 \x01(\x03\x12\x13\n\x0boccurred_at\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x18\n\x0btraceparent\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_traceparent\"W\n\nEventBatch\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.feedline.feed.v1.Event\x12\x0c\n\x04head\x18\x02 \x01(\x03\x12\x12\n\nnext_start\x18\x03 \x01(\x03\"\r\n\x0bHeadRequest\"\x1c\n\x0cHeadResponse\x12\x0c\n\x04head\x18\x01 \x01(\x03\x32\xa3\x01\n\tEventFeed\x12O\n\tSubscribe\x12\".feedline.feed.v1.SubscribeRequest\x1a\x1c.feedline.feed.v1.EventBatch0\x01\x12\x45\n\x04Head\x12\x1d.feedline.feed.v1.HeadRequest\x1a\x1e.feedline.feed.v1.HeadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST']._serialized_start=49
   _globals['_SUBSCRIBEREQUEST']._serialized_end=158
   _globals['_EVENT']._serialized_start=160
-  _globals['_EVENT']._serialized_end=244
-  _globals['_EVENTBATCH']._serialized_start=246
-  _globals['_EVENTBATCH']._serialized_end=333
-  _globals['_HEADREQUEST']._serialized_start=335
-  _globals['_HEADREQUEST']._serialized_end=348
-  _globals['_HEADRESPONSE']._serialized_start=350
-  _globals['_HEADRESPONSE']._serialized_end=378
-  _globals['_EVENTFEED']._serialized_start=381
-  _globals['_EVENTFEED']._serialized_end=544
+  _globals['_EVENT']._serialized_end=286
+  _globals['_EVENTBATCH']._serialized_start=288
+  _globals['_EVENTBATCH']._serialized_end=375
+  _globals['_HEADREQUEST']._serialized_start=377
+  _globals['_HEADREQUEST']._serialized_end=390
+  _globals['_HEADRESPONSE']._serialized_start=392
+  _globals['_HEADRESPONSE']._serialized_end=420
+  _globals['_EVENTFEED']._serialized_start=423
+  _globals['_EVENTFEED']._serialized_end=586
 # @@protoc_insertion_point(module_scope)

@@ -19,16 +19,18 @@ class SubscribeRequest(_message.Message):
     def __init__(self, start: _Optional[int] = ..., limit: _Optional[int] = ..., types: _Optional[_Iterable[str]] = ..., follow: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("sequence_number", "occurred_at", "name", "content")
+    __slots__ = ("sequence_number", "occurred_at", "name", "content", "traceparent")
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     sequence_number: int
     occurred_at: str
     name: str
     content: str
-    def __init__(self, sequence_number: _Optional[int] = ..., occurred_at: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, sequence_number: _Optional[int] = ..., occurred_at: _Optional[str] = ..., name: _Optional[str] = ..., content: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class EventBatch(_message.Message):
     __slots__ = ("events", "head", "next_start")

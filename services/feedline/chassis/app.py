@@ -44,6 +44,7 @@ from feedline.chassis.eventstore import (
     EventStoreOwnerError,
     claim_event_store,
     event_store_metadata,
+    upgrade_event_store,
 )
 from feedline.chassis.feed import feed_router
 from feedline.chassis.grpc_feed import create_grpc_feed
@@ -67,6 +68,7 @@ from feedline_contracts.database import (
     unavailable,
 )
 from feedline_contracts.database_retry import Deadline, retry_database
+from feedline_contracts.telemetry import telemetry_from_env
 
 
 @dataclass
@@ -105,6 +107,7 @@ async def create_tables(database: Database, metadata: Sequence[MetaData]) -> Non
     async with database.engine.begin() as connection:
         for each in (event_store_metadata, *metadata):
             await connection.run_sync(each.create_all)
+        await upgrade_event_store(connection)  # an events table made by an older version
 
 
 class ServiceDatabaseError(RuntimeError):
@@ -176,7 +179,9 @@ def create_app(
     """
     database_url = settings.database_url_for(definition.name)
     database = connect_database(database_url)
-    store = EventStore(database)
+    # OpenTelemetry: None (off) unless the OTEL_* env asks for it (docs/architecture.md).
+    telemetry = telemetry_from_env(definition.name)
+    store = EventStore(database, telemetry=telemetry)
     metrics = ServiceMetrics(definition.name)
     authorize, auth_client = create_authorizer(settings)
     context = ServiceContext(definition.name, settings, database, store, metrics)
@@ -184,6 +189,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as cleanup:
+            if telemetry is not None:  # last out: the spans of shutting down are exported too
+                cleanup.callback(telemetry.shutdown)
             cleanup.push_async_callback(database.dispose)
             if auth_client is not None:
                 cleanup.push_async_callback(auth_client.aclose)
@@ -254,7 +261,7 @@ def create_app(
     )
     app.state.context = context
     install_problem_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, telemetry=telemetry)
     app.include_router(
         feed_router(store, authorize, metrics, recheck_seconds=settings.long_poll_recheck_seconds)
     )

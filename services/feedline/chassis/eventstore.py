@@ -9,6 +9,15 @@ that: every event at or below the head is committed and visible.
 
 Appends must run at READ COMMITTED (PostgreSQL's default); the number is taken
 after the lock, so it sees the previous writer's commit.
+
+Trace context: each event records the ``traceparent`` of the span that appended
+it (inside a request: the request's trace; docs/architecture.md, "Telemetry"),
+in the ``traceparent`` column and as the optional ``traceparent`` field of its
+rendered JSON, so every transport serves it. An append outside any span (a
+start-up seed, a script) records none. With telemetry on, the append runs in a
+span of its own (``eventstore.append``, a child of the request's), and that
+span's context is the one recorded. Databases made before the column existed
+get it at start-up (``upgrade_event_store``); their old events have none.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Tracer
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -42,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from feedline.chassis.notifications import CommitSignal
 from feedline_contracts.database import Database
 from feedline_contracts.feed import EVENT_NAME_PATTERN
+from feedline_contracts.telemetry import Telemetry, traceparent_of
 
 NOTIFY_CHANNEL = "feedline_events"
 # pg_advisory_xact_lock key that serialises appends ("feedline" in ASCII, as a number).
@@ -62,6 +73,9 @@ events = Table(
     # page is these values joined, so serving it costs no per-event formatting
     # however many subscribers read (and re-read) the feed.
     Column("event_json", Text, nullable=False),
+    # The W3C traceparent of the span that appended the event (NULL: none, or an
+    # event older than the column). Also in event_json; kept here for queries.
+    Column("traceparent", Text, nullable=True),
     Index("ix_events_name_sequence", "name", "sequence_number"),
 )
 
@@ -76,6 +90,25 @@ event_store_info = Table(
     Column("value", Text, nullable=False),
 )
 OWNER_KEY = "service"
+
+
+async def upgrade_event_store(connection: AsyncConnection) -> None:
+    """Add what newer versions put in the events table to one made by an older version.
+
+    Runs at every start-up after ``create_all`` (which makes missing tables but
+    never changes an existing one). Today: the nullable ``traceparent`` column.
+    Adding a nullable column without a default is a catalogue change on both
+    databases (no table rewrite). PostgreSQL replicas starting together may race:
+    ``ADD COLUMN IF NOT EXISTS`` makes that harmless.
+    """
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            text("ALTER TABLE events ADD COLUMN IF NOT EXISTS traceparent TEXT")
+        )
+        return
+    columns = (await connection.execute(text("PRAGMA table_info(events)"))).all()
+    if "traceparent" not in {row[1] for row in columns}:
+        await connection.execute(text("ALTER TABLE events ADD COLUMN traceparent TEXT"))
 
 
 class EventStoreOwnerError(RuntimeError):
@@ -139,20 +172,35 @@ class FeedPage:
         return decoded
 
 
-def render_event(sequence_number: int, occurred_at: str, event: NewEvent) -> str:
-    """The event as one element of a feed page (names need no escaping: see NewEvent)."""
+def render_event(
+    sequence_number: int, occurred_at: str, event: NewEvent, traceparent: str | None = None
+) -> str:
+    """The event as one element of a feed page (names need no escaping: see NewEvent).
+
+    ``traceparent`` (a valid W3C value, as ``traceparent_of`` writes it: hex and
+    dashes, no escaping needed) is added as the optional last field.
+    """
     content = orjson.dumps(event.content).decode()
+    trace = f',"traceparent":"{traceparent}"' if traceparent else ""
     return (
         f'{{"sequenceNumber":{sequence_number},"occurredAt":"{occurred_at}",'
-        f'"name":"{event.name}","content":{content}}}'
+        f'"name":"{event.name}","content":{content}{trace}}}'
     )
 
 
 class EventStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, telemetry: Telemetry | None = None) -> None:
         self.database = database
         self.table = events
         self.commits = CommitSignal()
+        self._tracer = telemetry.tracer if telemetry is not None else None
+        self._appended = (
+            telemetry.meter.create_counter(
+                "feedline.events.appended", unit="{event}", description="Events appended."
+            )
+            if telemetry is not None and telemetry.meter is not None
+            else None
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -167,6 +215,31 @@ class EventStore:
         """Append ``events`` in ``connection``'s transaction; returns their sequence numbers."""
         if not events:
             return []
+        if self._tracer is None:
+            numbers = await self._append(connection, events)
+        else:
+            numbers = await self._traced_append(self._tracer, connection, events)
+        if self._appended is not None:
+            self._appended.add(len(events))
+        return numbers
+
+    async def _traced_append(
+        self, tracer: Tracer, connection: AsyncConnection, events: Sequence[NewEvent]
+    ) -> list[int]:
+        with tracer.start_as_current_span(
+            "eventstore.append",
+            attributes={
+                "feedline.events.count": len(events),
+                "feedline.events.names": sorted({event.name for event in events}),
+            },
+        ) as span:
+            numbers = await self._append(connection, events)
+            span.set_attribute("feedline.sequence_number.first", numbers[0])
+            span.set_attribute("feedline.sequence_number.last", numbers[-1])
+        return numbers
+
+    async def _append(self, connection: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
+        traceparent = traceparent_of()  # the append span's, or the request's, or None
         if self.database.dialect == "postgresql":
             await connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY}
@@ -186,7 +259,8 @@ class EventStore:
                     "sequence_number": number,
                     "occurred_at": now,
                     "name": new.name,
-                    "event_json": render_event(number, occurred_at, new),
+                    "event_json": render_event(number, occurred_at, new, traceparent),
+                    "traceparent": traceparent,
                 }
                 for number, new in zip(numbers, events, strict=True)
             ],

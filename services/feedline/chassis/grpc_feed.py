@@ -124,9 +124,9 @@ def batches(page: FeedPage, max_bytes: int = MAX_BATCH_BYTES) -> Iterator[feed_p
     Every batch but the last ends at its last event (``next_start`` is the
     one after); the last carries the page's ``scanned_to``, which may lie past
     events a type filter left out. A page without events is one empty batch.
-    Occurred-at and content are the HTTP feed's text: the stored event is
-    decoded and its content re-encoded by orjson, which keeps every number
-    exactly as appended (int64 included).
+    Occurred-at, content and the optional traceparent are the HTTP feed's
+    text: the stored event is decoded and its content re-encoded by orjson,
+    which keeps every number exactly as appended (int64 included).
     """
     batch = feed_pb2.EventBatch(head=page.head)
     size = 0
@@ -136,6 +136,8 @@ def batches(page: FeedPage, max_bytes: int = MAX_BATCH_BYTES) -> Iterator[feed_p
             occurred_at=event["occurredAt"],
             name=event["name"],
             content=orjson.dumps(event["content"]).decode(),
+            # Optional: None (an event without one) leaves the field unset.
+            traceparent=event.get("traceparent"),
         )
         event_size = message.ByteSize()
         if batch.events and size + event_size > max_bytes:

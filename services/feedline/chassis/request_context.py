@@ -1,7 +1,12 @@
-"""ASGI middleware: request id, trace context, access log and request metrics.
+"""ASGI middleware: request id, trace context and span, access log and request metrics.
 
 Plain ASGI rather than BaseHTTPMiddleware: it adds no task per request and does
-not buffer long-polled responses.
+not buffer long-polled responses. The chassis keeps this middleware rather
+than OTel's ASGI/FastAPI instrumentation: it already knows the route template,
+status and timing it records for Prometheus, and it needs the trace ids in the
+log context and the response's ``traceparent`` with telemetry off as well. Each
+request runs in a span (``tracing.server_span``): an exported SERVER span named
+``METHOD /route/{template}`` when telemetry is on, ids only when it is off.
 """
 
 from __future__ import annotations
@@ -11,29 +16,57 @@ import time
 import uuid
 
 import structlog
+from opentelemetry.trace import Span, Status, StatusCode
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from feedline.chassis.metrics import ServiceMetrics, route_template
-from feedline.chassis.tracing import continue_or_start, current_trace
+from feedline.chassis.tracing import TraceContext, server_span
+from feedline_contracts.telemetry import Telemetry
 
 access_log = structlog.get_logger("feedline.access")
 
+UNTRACED_PATHS = ("/health/", "/metrics")
+
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: ServiceMetrics, telemetry: Telemetry | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.tracer = telemetry.tracer if telemetry is not None else None
+        self.duration = (
+            telemetry.meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+            )
+            if telemetry is not None and telemetry.meter is not None
+            else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
+        # Probes and scrapes come every few seconds: they keep their ids, but no exported span.
+        quiet = scope["path"].startswith(UNTRACED_PATHS)
+        with server_span(
+            None if quiet else self.tracer,
+            connection.headers.get("traceparent"),
+            f"{scope['method']} {scope['path']}",
+            {"http.request.method": scope["method"], "url.path": scope["path"]},
+        ) as span:
+            await self._handle(scope, receive, send, connection, span)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, connection: HTTPConnection, span: Span
+    ) -> None:
         request_id = connection.headers.get("x-request-id") or uuid.uuid4().hex
-        trace = continue_or_start(connection.headers.get("traceparent"))
-        trace_token = current_trace.set(trace)
+        trace = TraceContext.of(span.get_span_context())
         structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace.trace_id)
         started = time.perf_counter()
         status = 500
@@ -55,6 +88,21 @@ class RequestContextMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
+            if span.is_recording():
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+            if self.duration is not None:
+                self.duration.record(
+                    elapsed,
+                    {
+                        "http.request.method": method,
+                        "http.route": route,
+                        "http.response.status_code": status,
+                    },
+                )
             # The level says who must act: 5xx the service's operators (an upstream 502
             # too), 4xx the caller, the rest nobody.
             level = (
@@ -74,4 +122,3 @@ class RequestContextMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id", "trace_id")
-            current_trace.reset(trace_token)

@@ -19,6 +19,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -35,8 +36,10 @@ from rich.text import Text
 from feedline.dev import plan, schema
 from feedline.dev.broker import BrokerError, RabbitMQNode
 from feedline.dev.control import ControlServer
+from feedline.dev.dashboard import DashboardServer, DashboardState, ServiceWatch, bind
 from feedline.dev.dsns import dsn_errors
 from feedline.dev.feeds import unserved_feeds
+from feedline.dev.heads import HeadRefresher
 from feedline.dev.keeper import ServiceKeeper
 from feedline.dev.manifests import (
     Folder,
@@ -60,9 +63,11 @@ from feedline.dev.supervisor import (
     stop_all,
 )
 from feedline.dev.table import render_table
+from feedline.dev.telemetry import TelemetryStore
 from feedline.services.registry import DEFAULT_PORTS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DASHBOARD_PORT = 8000  # + --port-offset, next to the services' 8001-8004
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class DevOptions:
     refresh_seconds: float = 1.0
     crd: Path | None = None
     broker: bool = False  # --broker: a local RabbitMQ node even if no subscription needs one
+    dashboard: bool = True  # --no-dashboard: none (never with --once)
+    dashboard_port: int | None = None  # --dashboard-port; None: 8000 + port_offset; 0: a free one
 
 
 def feedline_executable() -> str:
@@ -154,6 +161,7 @@ class Display:
         self.notes: deque[str] = deque(maxlen=6)
         self.live: Live | None = None
         self.broker: dict[str, Any] | None = None  # the local broker, when one runs
+        self.dashboard_url: str | None = None  # the dashboard, when it runs
 
     def renderable(self) -> Group:
         table = render_table(self.statuses, self.services)
@@ -203,6 +211,8 @@ class Display:
         }
         if self.broker is not None:
             document["broker"] = self.broker
+        if self.dashboard_url is not None:
+            document["dashboard"] = self.dashboard_url
         return document
 
     def write_status_file(self) -> None:
@@ -223,8 +233,11 @@ def _run_now_command(options: DevOptions) -> str:
     return command
 
 
-def _run_now_handler(workers: list[Worker], display: Display) -> Callable[[str], tuple[int, str]]:
-    """What `feedline dev run-now NAME` does here (control.ControlServer)."""
+def _run_now_handler(
+    workers: list[Worker], display: Display, via: str = "feedline dev run-now"
+) -> Callable[[str], tuple[int, str]]:
+    """What `feedline dev run-now NAME` (control.ControlServer) and the dashboard's
+    run-now button do here."""
     by_name = {w.name: w for w in workers}
 
     def run_now(name: str) -> tuple[int, str]:
@@ -233,7 +246,7 @@ def _run_now_handler(workers: list[Worker], display: Display) -> Callable[[str],
             known = ", ".join(by_name) or "none"
             return 404, f"no subscription {name!r} in {display.layout.directory} (known: {known})"
         answer = worker.run_now()
-        display.note(f"run-now (feedline dev run-now): {answer}")
+        display.note(f"run-now ({via}): {answer}")
         accepted = worker.status.mode == "CronJob" and not worker.status.suspended
         return (202 if accepted else 409), answer
 
@@ -293,19 +306,48 @@ async def _stop_broker(node: RabbitMQNode) -> None:
         node.stop_epmd()
 
 
-async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console) -> int:
-    """Pick the gRPC ports, run the broker if a subscription needs one (or --broker),
-    supervise the rest."""
-    layout = replace(layout, grpc_ports=free_ports(layout.host, list(DEFAULT_PORTS)))
-    node: RabbitMQNode | None = None
-    if options.broker or plan.folder_needs_broker(folder.subscriptions):
-        node = local_broker(layout)
-        layout = replace(layout, broker_url=node.stream_url)
+def dashboard_socket(options: DevOptions, layout: Layout) -> socket.socket | None:
+    """The dashboard's listening socket (None: no dashboard); DevError when the port is taken."""
+    if not options.dashboard or options.once:
+        return None
+    port = options.dashboard_port
+    if port is None:
+        port = DASHBOARD_PORT + options.port_offset
     try:
-        return await _supervise(options, folder, layout, out, node)
+        return bind(layout.host, port)
+    except OSError as exc:
+        raise DevError(
+            f"dashboard port {port} on {layout.host}: {exc.strerror or exc}: stop what holds "
+            "it, or choose another with --dashboard-port N (0: a free one; --no-dashboard: none)"
+        ) from exc
+
+
+def _otlp_endpoint(sock: socket.socket) -> str:
+    """The dashboard as the children reach it (loopback when it listens on every address)."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - not binding: naming the wildcard
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console) -> int:
+    """Pick the gRPC ports, bind the dashboard's port, run the broker if a subscription
+    needs one (or --broker), supervise the rest."""
+    layout = replace(layout, grpc_ports=free_ports(layout.host, list(DEFAULT_PORTS)))
+    sock = dashboard_socket(options, layout)
+    if sock is not None:
+        layout = replace(layout, otlp_endpoint=_otlp_endpoint(sock))
+    node: RabbitMQNode | None = None
+    try:
+        if options.broker or plan.folder_needs_broker(folder.subscriptions):
+            node = local_broker(layout)
+            layout = replace(layout, broker_url=node.stream_url)
+        return await _supervise(options, folder, layout, out, node, sock)
     finally:
         if node is not None:
             await _stop_broker(node)
+        if sock is not None:
+            sock.close()
 
 
 def _broker_status(node: RabbitMQNode, state: str) -> dict[str, Any]:
@@ -368,15 +410,36 @@ def _addresses(service: ServiceStatus) -> str:
     return f"{service.name} {service.url}" + (f" {service.grpc_url}" if service.grpc_url else "")
 
 
+async def _start_dashboard(
+    sock: socket.socket, layout: Layout, display: Display, stop: asyncio.Event
+) -> tuple[DashboardServer, asyncio.Task[None]]:
+    """The dashboard, serving from now on; its scrape of the services runs until ``stop``."""
+    state = DashboardState(
+        layout,
+        display.services,
+        ServiceWatch(display.services),
+        TelemetryStore(),
+        document=display.document,
+    )
+    server = DashboardServer(state, sock)
+    await server.start()
+    display.dashboard_url = server.url
+    display.note(f"dashboard: {server.url}")
+    return server, asyncio.create_task(state.watch.run(stop))
+
+
 async def _supervise(
-    options: DevOptions, folder: Folder, layout: Layout, out: Console, node: RabbitMQNode | None
+    options: DevOptions,
+    folder: Folder,
+    layout: Layout,
+    out: Console,
+    node: RabbitMQNode | None,
+    sock: socket.socket | None = None,
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    feedline = feedline_executable()
-    base_env = base_environment()
     names = list(options.services or DEFAULT_PORTS)
     services = [
         ServiceStatus(
@@ -394,6 +457,37 @@ async def _supervise(
     )
     for ignored in folder.ignored:
         display.note(f"ignored (not an EventSubscription or Secret): {ignored}")
+    dashboard: DashboardServer | None = None
+    background: list[asyncio.Task[None]] = []
+    try:
+        if sock is not None:
+            dashboard, scrape = await _start_dashboard(sock, layout, display, stop)
+            background.append(scrape)
+        return await _supervise_processes(
+            options, folder, layout, out, display, node, stop, dashboard, background
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*background, return_exceptions=True)
+        if dashboard is not None:  # last: the children's last spans arrive until they end
+            await dashboard.close()
+
+
+async def _supervise_processes(
+    options: DevOptions,
+    folder: Folder,
+    layout: Layout,
+    out: Console,
+    display: Display,
+    node: RabbitMQNode | None,
+    stop: asyncio.Event,
+    dashboard: DashboardServer | None,
+    background: list[asyncio.Task[None]],
+) -> int:
+    feedline = feedline_executable()
+    base_env = base_environment()
+    names = [s.name for s in display.services]
+    services = display.services
     children = await _start_processes(names, layout, feedline, base_env, stop, node, display)
     control: ControlServer | None = None
     keepers: list[asyncio.Task[None]] = []
@@ -420,6 +514,11 @@ async def _supervise(
         await _warn_unserved_feeds(workers, layout, names, display)
         if options.once:
             return await _once(workers, display, stop, options, out)
+        refresher = HeadRefresher(display.statuses, layout, lambda s: display.changed(s, None))
+        background.append(asyncio.create_task(refresher.run(stop)))
+        if dashboard is not None:
+            dashboard.state.statuses = display.statuses
+            dashboard.state.run_now = _run_now_handler(workers, display, via="dashboard")
         _install_run_now(workers, display)
         control = ControlServer(layout.state_dir, _run_now_handler(workers, display))
         await control.start()

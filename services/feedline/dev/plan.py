@@ -17,6 +17,9 @@ docs/local-mode.md:
   publish there;
 - ``FEEDLINE_TERMINATION_LOG``: a file in the state directory, read after each run;
 - ``FEEDLINE_STATUS_PORT`` (Follow mode): a free local port;
+- with the dashboard on, ``OTEL_EXPORTER_OTLP_ENDPOINT`` (the dashboard, which
+  collects the traces), ``OTEL_SERVICE_NAME`` (the process's name, unless the
+  spec gives one) and a short ``OTEL_BSP_SCHEDULE_DELAY`` (spans show at once);
 - paths under a Secret volume's mount: the same files under the state directory;
 - in Secret values, ``$(FEEDLINE_DEV_STATE_DIR)`` and ``$(FEEDLINE_DEV_DIR)``
   expand to the state directory and the folder (so a DSN can point at a
@@ -68,6 +71,8 @@ class Layout:
     grpc_ports: Mapping[str, int] = field(default_factory=dict)
     # The broker `feedline dev` runs (``rabbitmq-stream://...``), when it runs one.
     broker_url: str | None = None
+    # Where every process sends its traces and metrics (OTLP/HTTP): the dashboard.
+    otlp_endpoint: str | None = None
 
     def service_port(self, service: str) -> int:
         return DEFAULT_PORTS[service] + self.port_offset
@@ -141,6 +146,26 @@ def local_command(command: list[str], feedline: str) -> tuple[str, ...]:
     return tuple(command)
 
 
+# --- telemetry -----------------------------------------------------------------------
+
+OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+OTEL_BSP_SCHEDULE_DELAY = "OTEL_BSP_SCHEDULE_DELAY"
+SPAN_EXPORT_DELAY_MS = "200"  # the SDK's default is 5000: too slow to watch a request
+
+
+def with_telemetry(env: Mapping[str, str], name: str, layout: Layout) -> dict[str, str]:
+    """``env`` plus the OpenTelemetry settings that send a process's spans to the dashboard."""
+    if layout.otlp_endpoint is None:
+        return dict(env)
+    return {
+        OTEL_SERVICE_NAME: name,
+        OTEL_BSP_SCHEDULE_DELAY: SPAN_EXPORT_DELAY_MS,
+        **env,
+        OTLP_ENDPOINT: layout.otlp_endpoint,
+    }
+
+
 # --- services ------------------------------------------------------------------------
 
 
@@ -162,6 +187,7 @@ def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
         env[BROKER_URL_SETTING] = layout.broker_url
     return ProcessSpec(
         name=service,
+        env=with_telemetry(env, service, layout),
         argv=(
             feedline,
             "serve",
@@ -173,7 +199,6 @@ def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
             "--database-url",
             f"sqlite:///{layout.service_database(service)}",
         ),
-        env=env,
         cwd=layout.directory,
         log_path=layout.logs_dir() / f"{service}.log",
     )
@@ -361,7 +386,7 @@ def subscriber_process(
     return ProcessSpec(
         name=sub.name,
         argv=tuple(expand(part, env) for part in argv),
-        env=env,
+        env=with_telemetry(env, sub.name, layout),
         cwd=layout.directory,
         log_path=layout.logs_dir() / f"{sub.name}.log",
         termination_log=termination_log,

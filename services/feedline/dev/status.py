@@ -29,13 +29,33 @@ class SubscriptionStatus:
     message: str = ""
     restarts: int = 0  # Follow mode: how often the follower was restarted after exiting
     pid: int | None = None
+    # The feed's head as `feedline dev` last read it between runs (``heads``): newer
+    # than the summary's, which is as of the run; None until read after that summary.
+    feed_head: int | None = None
 
     def update(self, summary: dict[str, Any]) -> bool:
         """Take a new summary; True when something shown changed."""
         changed = summary != self.summary
         self.summary = summary
         self.message = str(summary.get("message", ""))
+        if changed:
+            self.feed_head = None  # the summary's head is the newer one now
         return changed
+
+    def set_feed_head(self, head: int) -> bool:
+        """The feed's head read just now; True when the head shown changed."""
+        before = self.head_and_lag()
+        self.feed_head = head
+        return self.head_and_lag() != before
+
+    def head_and_lag(self) -> tuple[int | None, int | None]:
+        """The head (the feed's, when read since the last summary) and the lag from it."""
+        position, head, lag = (self.summary.get(k) for k in ("position", "head", "lag"))
+        if self.feed_head is None:
+            return head, lag
+        if isinstance(position, int):
+            return self.feed_head, max(self.feed_head - position, 0)
+        return self.feed_head, lag
 
     @property
     def down_after_crash(self) -> bool:
@@ -50,6 +70,7 @@ class SubscriptionStatus:
 
     def to_dict(self) -> dict[str, Any]:
         s = self.summary
+        head, lag = self.head_and_lag()
         return {
             "name": self.name,
             "mode": self.mode,
@@ -62,8 +83,8 @@ class SubscriptionStatus:
             "pid": self.pid,
             "outcome": s.get("outcome"),
             "position": s.get("position"),
-            "head": s.get("head"),
-            "lag": s.get("lag"),
+            "head": head,
+            "lag": lag,
             "processed": s.get("processed"),
             "deadLettered": s.get("deadLettered"),
             "startTime": s.get("startTime"),
