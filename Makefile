@@ -53,18 +53,63 @@ test-unit: install ## Unit tier: pure functions, no I/O
 test-integration: install ## Integration tier: real services, PostgreSQL and SQLite
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
+.PHONY: toxiproxy
+toxiproxy: ## Build (or reuse) toxiproxy-server, the faults tier's fault proxy (pinned, go install)
+	bash tools/toxiproxy/build.sh >/dev/null
+
+.PHONY: test-faults
+test-faults: install toxiproxy ## Faults tier: network faults through a real proxy, each ended by the exactly-once oracle
+	$(VENV)/bin/pytest -m faults $(PYTEST_ARGS)
+
 .PHONY: test-cluster
 test-cluster: install controlplane ## Cluster tier: a real Kubernetes control plane
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
+
+FUZZ_EXAMPLES ?= 300
+FUZZ_REPORT ?= /tmp/feedline-fuzz-report.txt
+
+.PHONY: fuzz
+fuzz: install ## Schemathesis, every check, FUZZ_EXAMPLES (300) examples per operation, SQLite and PostgreSQL
+	rm -f $(FUZZ_REPORT)
+	@status=0; FEEDLINE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FEEDLINE_FUZZ_REPORT=$(FUZZ_REPORT) \
+		$(VENV)/bin/pytest -m integration tests/integration/test_api_fuzzing.py $(PYTEST_ARGS) || status=$$?; \
+	echo "make fuzz: $(FUZZ_EXAMPLES) examples per operation; runs without issues:"; \
+	cat $(FUZZ_REPORT) 2>/dev/null; exit $$status
 
 .PHONY: bench
 bench: install controlplane ## Benchmarks: print throughput and latency figures (see docs/benchmarks.md)
 	$(PY) -m bench.bench_subscriber --events 200000 --baseline-events 20000 --runs 3
 	$(PY) -m bench.bench_transports --events 10000 --latency-samples 10 --interval 0.1
 	$(PY) -m bench.bench_operator
+	$(PY) -m bench.bench_shapes --events 20000 --keys 1000 --only update
+	$(PY) -m bench.bench_appends --seconds 0.25 --writers 16
+	$(PY) -m bench.bench_feed_size --events 100000 --samples 25
+	$(PY) -m bench.bench_fanout --events 20000 --readers 1,10
+	$(PY) -m bench.bench_longpoll --followers 100 --floor-rounds 2
+
+BENCH_RESULTS ?= /tmp/feedline-bench-results
+
+.PHONY: bench-full
+bench-full: install controlplane ## Every benchmark at full size (10M-event feed too: ~15 min), then one summary table
+	@mkdir -p $(BENCH_RESULTS)
+	@# Each benchmark's stdout is kept in $(BENCH_RESULTS)/NAME.log for bench.summary;
+	@# a failure does not stop the others, and the target fails at the end.
+	@status=0; \
+	run() { name=$$1; shift; echo "== $$name: $$*"; \
+		set -o pipefail; "$$@" | tee $(BENCH_RESULTS)/$$name.log || status=1; }; \
+	run subscriber $(PY) -m bench.bench_subscriber --events 200000 --baseline-events 20000 --runs 3; \
+	run transports $(PY) -m bench.bench_transports --events 200000 --runs 3 --latency-samples 100 --relay-runs 2; \
+	run operator $(PY) -m bench.bench_operator --count 500; \
+	run shapes $(PY) -m bench.bench_shapes --events 200000 --keys 10000 --runs 3; \
+	run appends $(PY) -m bench.bench_appends --seconds 5; \
+	run feed_size $(PY) -m bench.bench_feed_size --events 10000000 --samples 200; \
+	run fanout $(PY) -m bench.bench_fanout --events 200000 --readers 1,10,50; \
+	run longpoll $(PY) -m bench.bench_longpoll --followers 1000; \
+	$(PY) -m bench.summary $(BENCH_RESULTS)/{subscriber,transports,operator,shapes,appends,feed_size,fanout,longpoll}.log; \
+	exit $$status
 
 .PHONY: test
-test: install lint controlplane node-binaries ## Everything: lint, the benchmarks, then every test tier (e2e on a node of its own)
+test: install lint controlplane node-binaries toxiproxy ## Everything: lint, the benchmarks, then every test tier (e2e on a node of its own)
 	@# The benchmarks run first and a failure of either does not stop the
 	@# other: a run always prints its figures, and pytest's summary closes it.
 	@bench_status=0; $(MAKE) --no-print-directory bench || bench_status=$$?; \

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,3 +240,37 @@ def filesystem_of(path: Path) -> str:
         if inside and (best is None or len(mount_point) >= len(best[0])):
             best = (mount_point, kind)
     return f"{best[1]} (mounted at {best[0]})" if best else "unknown file system"
+
+
+def final_rows_problems(
+    rows: Iterable[tuple[int, str, int]], expected: Mapping[int, tuple[str, int]]
+) -> list[str]:
+    """A read model against the rows it must end with: ``offer -> (description, position)``.
+
+    For feeds whose rows are not simply ``(n, description(n), n)`` (updates of
+    the same offers, a type filter): exactly the expected offers, each once,
+    each with the description and last_sequence_number of its last event.
+    """
+    rows = list(rows)
+    problems = count_problems("rows", len(rows), len(expected))
+    counts = Counter(offer for offer, _, _ in rows)
+    duplicated = {offer for offer, seen in counts.items() if seen > 1}
+    if duplicated:
+        problems.append(f"{len(duplicated):,} offers in more than one row: {_some(duplicated)}")
+    missing = set(expected).difference(counts)
+    if missing:
+        problems.append(f"{len(missing):,} offers missing: {_some(missing)}")
+    extra = {offer for offer in counts if offer not in expected}
+    if extra:
+        problems.append(f"{len(extra):,} unexpected offers: {_some(extra)}")
+    wrong = {
+        offer
+        for offer, text, position in rows
+        if offer in expected and expected[offer] != (text, position)
+    }
+    if wrong:
+        problems.append(
+            f"{len(wrong):,} rows with the wrong description or last_sequence_number: "
+            f"{_some(wrong)}"
+        )
+    return problems

@@ -8,16 +8,19 @@ touches the head is ``no-cache`` and revalidates with ``If-None-Match``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.security import HTTPBearer
 from starlette.responses import Response
 
-from feedline.chassis.auth import FeedAuthorizer
+from feedline.chassis.auth import AllowAnyone, FeedAuthorizer
 from feedline.chassis.eventstore import EventStore, FeedPage
 from feedline.chassis.metrics import ServiceMetrics
+from feedline.chassis.notifications import CommitWatch
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
 from feedline_contracts.feed import (
     DEFAULT_LIMIT,
@@ -55,6 +58,46 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+class SharedReads:
+    """Long polls woken together read the store once, not once each.
+
+    A read of a page (start, end, limit, types) begun while the commit signal
+    stood where a poll's watch was taken is shared by that poll: whatever was
+    committed after the read began fires the signal after it began, hence
+    after the poll's watch was taken (the signal did not fire in between), and
+    wakes the poll as its own read would have. A read begun before a later
+    fire is not shared with polls watching from after it.
+    """
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[FeedPage]]] = {}
+
+    async def read(
+        self, watch: CommitWatch, start: int, end: int | None, limit: int, types: list[str] | None
+    ) -> FeedPage:
+        key = (start, end, limit, tuple(types) if types else None)
+        shared = self._reads.get(key)
+        if shared is None or shared[0] != watch.generation:
+            read = asyncio.ensure_future(self._store.read_page(start, end, limit, types))
+            shared = (watch.generation, read)
+            self._reads[key] = shared
+            read.add_done_callback(lambda done: self._forget(key, shared, done))
+        # One poll going away (its client gone) does not cancel the others' read.
+        return await asyncio.shield(shared[1])
+
+    def _forget(
+        self,
+        key: tuple[Any, ...],
+        shared: tuple[int, asyncio.Future[FeedPage]],
+        done: asyncio.Future[FeedPage],
+    ) -> None:
+        if self._reads.get(key) is shared:
+            del self._reads[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: each sharer gets it from its own await
+
+
 def feed_router(
     store: EventStore,
     authorize: FeedAuthorizer,
@@ -65,8 +108,22 @@ def feed_router(
     """The feed's routes. While long-polling, the database is re-checked every
     ``recheck_seconds`` even without a commit notification (a lost NOTIFY only
     delays an answer); ServiceSettings.long_poll_recheck_seconds sets it."""
-    router = APIRouter(tags=["feed"], dependencies=[Depends(authorize)])
-    errors: dict[int | str, dict[str, Any]] = {400: PROBLEM_SCHEMA, 401: PROBLEM_SCHEMA}
+    dependencies = [Depends(authorize)]
+    if not isinstance(authorize, AllowAnyone):
+        # Declares the bearer scheme in the OpenAPI document (clients and fuzzers send
+        # it); `authorize` does the checking, so this one never answers by itself.
+        dependencies.append(Security(HTTPBearer(scheme_name="feedToken", auto_error=False)))
+    router = APIRouter(tags=["feed"], dependencies=dependencies)
+    reads = SharedReads(store)
+    errors: dict[int | str, dict[str, Any]] = {
+        400: PROBLEM_SCHEMA,
+        401: {**PROBLEM_SCHEMA, "description": "No valid bearer token (WWW-Authenticate)"},
+    }
+    if not isinstance(authorize, AllowAnyone):
+        errors |= {
+            403: {**PROBLEM_SCHEMA, "description": "The reader is not among the feed's readers"},
+            503: {**PROBLEM_SCHEMA, "description": "The token could not be checked (TokenReview)"},
+        }
 
     @router.get(
         "/events",
@@ -91,7 +148,12 @@ def feed_router(
             int, Query(ge=1, le=MAX_SEQUENCE, description="first sequence number (inclusive)")
         ] = 1,
         end: Annotated[
-            int | None, Query(ge=2, le=MAX_SEQUENCE, description="upper bound (exclusive)")
+            int | None,
+            Query(
+                ge=2,
+                le=MAX_SEQUENCE,
+                description="upper bound (exclusive); must be greater than start, else 400",
+            ),
         ] = None,
         limit: Annotated[
             int, Query(ge=1, le=MAX_LIMIT, description="most events returned")
@@ -102,7 +164,14 @@ def feed_router(
         ] = None,
         wait: Annotated[
             float,
-            Query(ge=0, le=MAX_WAIT_SECONDS, description="long-poll seconds when nothing is new"),
+            Query(
+                ge=0,
+                le=MAX_WAIT_SECONDS,
+                description=(
+                    "long-poll seconds when nothing is new: the answer may be delayed by up "
+                    "to this long (an empty page or a 304 when nothing came)"
+                ),
+            ),
         ] = 0,
     ) -> Response:
         if end is not None and end <= start:
@@ -119,7 +188,7 @@ def feed_router(
             # Take hold of the commit signal before reading, so that a commit after the
             # head this read is bounded by wakes the wait below, not the re-check.
             commits = store.commits.watch()
-            page = await store.read_page(start, end, limit, type_list)
+            page = await reads.read(commits, start, end, limit, type_list)
             etag = _etag(start, end, limit, types, page)
             # Long poll: hold while there is nothing new for this reader.
             if page.count and not _matches(if_none_match, etag):
@@ -127,7 +196,10 @@ def feed_router(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await commits.wait(min(remaining, recheck_seconds))
+            # Re-check on a beat shared by every poll (multiples of recheck_seconds on
+            # the monotonic clock), so that those reads are shared too.
+            beat = recheck_seconds - time.monotonic() % recheck_seconds
+            await commits.wait(min(remaining, beat))
 
         full = page.count == limit or (end is not None and page.scanned_to >= end)
         next_url = request.url.remove_query_params(["start", "wait"]).include_query_params(

@@ -22,8 +22,10 @@ log = structlog.get_logger("feedline.notifications")
 class CommitWatch:
     """The commit signal as taken hold of at one moment: any fire since then wakes it."""
 
-    def __init__(self, fired: asyncio.Event) -> None:
+    def __init__(self, fired: asyncio.Event, generation: int) -> None:
         self._fired = fired
+        # How many times the signal had fired when the watch was taken.
+        self.generation = generation
 
     async def wait(self, seconds: float) -> bool:
         """True when fired since the watch was taken (at once if already), within ``seconds``."""
@@ -39,15 +41,17 @@ class CommitSignal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.fires = 0
 
     def fire(self) -> None:
+        self.fires += 1
         self._event.set()
         self._event = asyncio.Event()
 
     def watch(self) -> CommitWatch:
         """Take hold of the signal now, before reading: a fire between this call and the
         watch's ``wait`` (a commit while the reader reads) still wakes that wait."""
-        return CommitWatch(self._event)
+        return CommitWatch(self._event, self.fires)
 
     async def wait(self, seconds: float) -> bool:
         """True when fired within ``seconds`` (from when the wait starts)."""
