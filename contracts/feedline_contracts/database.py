@@ -47,23 +47,26 @@ class ParsedDatabaseUrl:
 
 
 def parse_database_url(url: str) -> ParsedDatabaseUrl:
-    """Validate ``url`` and pick the async driver for it."""
+    """Validate ``url`` and pick the async driver for it; errors show it ``redacted``."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise DatabaseUrlError(f"invalid database URL {url!r}: expected {ACCEPTED_URLS}") from exc
+        # Not quoted: what cannot be parsed cannot have its password hidden.
+        raise DatabaseUrlError(
+            f"invalid database URL (it cannot be parsed): expected {ACCEPTED_URLS}"
+        ) from exc
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         if not parsed.database:
             raise DatabaseUrlError(
-                f"database URL {url!r} names no database: expected {ACCEPTED_URLS}"
+                f"database URL {redacted(url)!r} names no database: expected {ACCEPTED_URLS}"
             )
         return ParsedDatabaseUrl("postgresql", parsed.set(drivername="postgresql+asyncpg"))
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise DatabaseUrlError(
-                f"database URL {url!r} needs a file path (an in-memory SQLite database is not "
-                f"shared between connections): expected {ACCEPTED_URLS}"
+                f"database URL {redacted(url)!r} needs a file path (an in-memory SQLite "
+                f"database is not shared between connections): expected {ACCEPTED_URLS}"
             )
         return ParsedDatabaseUrl("sqlite", parsed.set(drivername="sqlite+aiosqlite"))
     raise DatabaseUrlError(f"unsupported database URL scheme {backend!r}: expected {ACCEPTED_URLS}")

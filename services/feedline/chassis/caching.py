@@ -9,6 +9,11 @@ import orjson
 from fastapi import Request
 from starlette.responses import Response
 
+# The OpenAPI description of the 304 that ``cached_json`` answers to a matching If-None-Match.
+NOT_MODIFIED: dict[str, Any] = {
+    "description": "Not modified since the ETag in If-None-Match (no body, the same headers)"
+}
+
 
 def etag_for(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:20] + '"'

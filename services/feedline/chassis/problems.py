@@ -99,6 +99,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
+        422: "Unprocessable Content",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
     }.get(exc.status_code, "Error")
     detail = exc.detail if isinstance(exc.detail, str) else None
     headers = dict(exc.headers or {})

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, Text, func, insert, select
 
 from feedline.chassis.app import ContextDep, ServiceContext, ServiceDefinition
-from feedline.chassis.caching import cached_json
+from feedline.chassis.caching import NOT_MODIFIED, cached_json
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
 from feedline.services.common import MAX_ID
 
@@ -47,7 +47,9 @@ class ProductPublic(BaseModel):
 router = APIRouter(prefix="/products", tags=["products"])
 
 
-@router.get("", response_model=list[ProductPublic], responses={400: PROBLEM_SCHEMA})
+@router.get(
+    "", response_model=list[ProductPublic], responses={304: NOT_MODIFIED, 400: PROBLEM_SCHEMA}
+)
 async def get_products(
     request: Request,
     context: ContextDep,

@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Column, MetaData, Table, Text, delete, select, update
 
 from feedline.chassis.app import ContextDep, ServiceDefinition
-from feedline.chassis.caching import cached_json
+from feedline.chassis.caching import NOT_MODIFIED, cached_json
 from feedline.chassis.eventstore import NewEvent
 from feedline.chassis.problems import PROBLEM_SCHEMA
-from feedline.services.common import IdType, ResourceId, not_found
+from feedline.services.common import NO_NUL, IdType, ResourceId, not_found
 
 metadata = MetaData()
 offers = Table(
@@ -27,7 +27,9 @@ offers = Table(
 
 class OfferCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    description: str = Field(min_length=1, max_length=2000, examples=["10% off all books"])
+    description: str = Field(
+        min_length=1, max_length=2000, pattern=NO_NUL, examples=["10% off all books"]
+    )
 
 
 class OfferUpdate(OfferCreate):
@@ -94,7 +96,11 @@ async def remove_offer(offer_id: ResourceId, context: ContextDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{offer_id}", response_model=OfferPublic, responses={404: PROBLEM_SCHEMA})
+@router.get(
+    "/{offer_id}",
+    response_model=OfferPublic,
+    responses={304: NOT_MODIFIED, 404: PROBLEM_SCHEMA},
+)
 async def get_offer(offer_id: ResourceId, request: Request, context: ContextDep) -> Response:
     async with context.database.engine.connect() as connection:
         row = (await connection.execute(select(offers).where(offers.c.id == offer_id))).first()

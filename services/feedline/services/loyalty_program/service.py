@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import Column, MetaData, Table, Text, select, update
 
 from feedline.chassis.app import ContextDep, ServiceDefinition
-from feedline.chassis.caching import cached_json
+from feedline.chassis.caching import NOT_MODIFIED, cached_json
 from feedline.chassis.eventstore import NewEvent
 from feedline.chassis.problems import PROBLEM_SCHEMA
-from feedline.services.common import IdType, ResourceId, not_found
+from feedline.services.common import NO_NUL, NOT_BLANK_NO_NUL, IdType, ResourceId, not_found
 from feedline.services.loyalty_program.read_model import read_model_metadata, special_offers
 
 metadata = MetaData()
@@ -32,12 +32,18 @@ users = Table(
     Column("interests", Text, nullable=False),  # JSON array of strings
 )
 
-Interest = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True)]
+# Stripped: an interest of white space only is refused (422), as the pattern declares.
+Interest = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=100, strip_whitespace=True, pattern=NOT_BLANK_NO_NUL
+    ),
+]
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200, examples=["Ada"])
+    name: str = Field(min_length=1, max_length=200, pattern=NO_NUL, examples=["Ada"])
     interests: list[Interest] = Field(default_factory=list, max_length=50, examples=[["books"]])
 
 
@@ -101,12 +107,18 @@ async def _load_user(context: ContextDep, user_id: int) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "interests": orjson.loads(row.interests)}
 
 
-@router.get("/{user_id}", response_model=UserPublic, responses={404: PROBLEM_SCHEMA})
+@router.get(
+    "/{user_id}", response_model=UserPublic, responses={304: NOT_MODIFIED, 404: PROBLEM_SCHEMA}
+)
 async def get_user(user_id: ResourceId, request: Request, context: ContextDep) -> Response:
     return cached_json(request, await _load_user(context, user_id), max_age=0)
 
 
-@router.get("/{user_id}/offers", response_model=list[OfferForUser], responses={404: PROBLEM_SCHEMA})
+@router.get(
+    "/{user_id}/offers",
+    response_model=list[OfferForUser],
+    responses={304: NOT_MODIFIED, 404: PROBLEM_SCHEMA},
+)
 async def offers_for_user(user_id: ResourceId, request: Request, context: ContextDep) -> Response:
     user = await _load_user(context, user_id)
     interests = [interest.lower() for interest in user["interests"]]
