@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -20,27 +19,12 @@ import structlog
 import typer
 
 from feedline_contracts import subscriber_env as env
+from feedline_contracts.logs import LOG_FORMAT_SETTING, LogFormat, configure_logging
 from feedline_subscriber.projection import load_projection
 from feedline_subscriber.runner import run_subscription
 from feedline_subscriber.settings import SettingsError, SubscriberSettings, load_settings
 from feedline_subscriber.status_server import StatusServer
 from feedline_subscriber.summary import Outcome, Summary, utc_now, write_summary
-
-
-def configure_logging() -> None:
-    """JSON logs on stderr: stdout carries only the summary line."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=logging.INFO, force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per page is noise
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def settle_heap(settings: SubscriberSettings) -> None:
@@ -294,6 +278,14 @@ def subscribe(
             show_default=False,
         ),
     ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar=LOG_FORMAT_SETTING,
+            case_sensitive=False,
+            help="Logs on stderr: json (one object per line) or plain (key=value for people).",
+        ),
+    ] = LogFormat.JSON,
 ) -> None:
     """Read an event feed into a read model: one run, or --follow.
 
@@ -332,7 +324,8 @@ def subscribe(
         )
     except (SettingsError, ValueError) as exc:
         raise _fail_usage(str(exc)) from None
-    configure_logging()
+    # stderr: stdout carries only the summary line. httpx's line per page is noise.
+    configure_logging(log_format=log_format, stream=sys.stderr, quiet=("httpx",))
     settle_heap(settings)
     try:
         summary = asyncio.run(_serve_and_run(settings))

@@ -3,7 +3,8 @@
 Real `feedline serve` processes: every line of stdout is a JSON object with
 timestamp, level, logger and event (or, with --log-format plain, the same
 fields for people); a 404 is logged as a warning and an upstream failure
-answered 502 as an error, not as info.
+answered 502 as an error, not as info. The subscriber writes the same schema
+on stderr (stdout keeps only its summary), in either format.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from tests.support.ports import free_port
 from tests.support.processes import stop
 from tests.support.services import FEEDLINE, wait_until_ready
+from tests.support.subscriber_process import run_subscriber, subscriber_env
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +89,43 @@ def test_plain_format_writes_the_same_fields_for_people(tmp_path: Path) -> None:
     assert "[warning" in request
     assert "[feedline.access]" in request
     assert "status=404" in request
+
+
+@pytest.mark.parametrize("log_format", ["json", "plain"])
+def test_the_subscriber_logs_the_same_schema_on_stderr_and_only_its_summary_on_stdout(
+    tmp_path: Path, log_format: str
+) -> None:
+    with serving("special-offers", tmp_path) as (base_url, _):
+        offer = {"description": "10% off"}
+        assert httpx.post(f"{base_url}/offers", json=offer, timeout=10).status_code == 201
+        environment = subscriber_env(
+            "logs-check", f"{base_url}/events", f"sqlite:///{tmp_path}/read-model.db"
+        )
+        finished = run_subscriber(environment, "--log-format", log_format)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.summary["position"] == 1
+    assert len(finished.stdout.strip().splitlines()) == 1  # the summary, nothing else
+    lines = [line for line in finished.stderr.splitlines() if line.strip()]
+    if log_format == "json":
+        parsed = [orjson.loads(line) for line in lines]  # every line parses
+        assert all(SCHEMA <= line.keys() for line in parsed), parsed
+        [done] = [line for line in parsed if line["event"] == "run finished"]
+        assert done["level"] == "info"
+        assert done["logger"] == "feedline.subscriber"
+        assert not any(str(line["logger"]).startswith("httpx") for line in parsed)
+    else:
+        assert not any(line.startswith("{") for line in lines), lines
+        [done] = [line for line in lines if "run finished" in line]
+        assert "[info" in done
+        assert "[feedline.subscriber]" in done
+
+
+def test_the_subscriber_refuses_an_unknown_log_format_naming_the_flag(tmp_path: Path) -> None:
+    environment = subscriber_env(
+        "logs-check", "http://127.0.0.1:9/events", f"sqlite:///{tmp_path}/read-model.db"
+    )
+    finished = run_subscriber(environment, "--log-format", "xml")
+    assert finished.returncode == 2
+    assert "--log-format" in finished.stderr
+    assert "json" in finished.stderr
+    assert "plain" in finished.stderr
