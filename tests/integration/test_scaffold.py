@@ -3,15 +3,20 @@
 The generated folder is used as a developer would: its tests run with
 ``python -m pytest`` in it, ``feedline serve PACKAGE.service:definition`` serves
 it from there, and a real ``feedline subscribe`` run with the projection its
-EventSubscription sample names brings the service's events into a read model.
+EventSubscription sample names brings the service's events into a read model;
+``feedline dev deploy``, started in the folder, runs the service (from its
+values file) with the generated subscription, and run-now brings its items in.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,8 @@ import pytest
 import yaml
 
 from feedline_contracts.eventsubscription.model import EventSubscription
+from tests.integration.test_dev_local_mode import free_port_offset
+from tests.support.processes import stop
 from tests.support.services import FEEDLINE, running_service
 from tests.support.subscriber_process import run_subscriber, subscriber_env
 
@@ -147,3 +154,75 @@ def test_serve_names_what_it_accepts_for_an_unknown_service() -> None:
     assert refused.returncode == 2
     assert "cannot import 'gift_cards_missing.service'" in refused.stderr
     assert "is the service's package installed" in refused.stderr
+
+
+def _dev_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        document: dict[str, Any] = json.loads((state_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return document
+
+
+def _wait_for(what: str, check: Any, log: Path, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(
+        f"{what} within {timeout} s; feedline dev said:\n{log.read_text()[-4000:]}"
+    )
+
+
+def test_feedline_dev_runs_the_scaffolded_service_with_its_generated_subscription(
+    scaffolded: Path, tmp_path: Path
+) -> None:
+    project = tmp_path / NAME
+    shutil.copytree(scaffolded, project, ignore=shutil.ignore_patterns(".feedline-dev"))
+    state_dir = project / "deploy" / ".feedline-dev"
+    log = tmp_path / "dev.out"
+    subscription = f"{NAME}-items"
+    argv = [FEEDLINE, "dev", "deploy", "--port-offset", str(free_port_offset())]
+    environment = {**os.environ, "COLUMNS": "200"}
+    environment.pop("PYTHONPATH", None)  # the generated package imports from the folder only
+    with log.open("wb") as out:
+        # Started in the project's folder, as its README says: the package imports from there.
+        dev = subprocess.Popen(
+            [*argv, "--dashboard-port", "0"], cwd=project, stdout=out, stderr=out, env=environment
+        )
+    try:
+
+        def service_ready() -> str | None:
+            status = _dev_status(state_dir)
+            service = (status or {}).get("services", {}).get(NAME, {})
+            return str(service["url"]) if service.get("state") == "Ready" else None
+
+        base_url = _wait_for(f"{NAME} ready under feedline dev", service_ready, log)
+        for name in ("first", "second"):
+            created = httpx.post(f"{base_url}/items", json={"name": name}, timeout=10)
+            assert created.status_code == 201, created.text
+        asked = subprocess.run(
+            [FEEDLINE, "dev", "run-now", subscription, "deploy"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert asked.returncode == 0, asked.stderr
+
+        def caught_up() -> dict[str, Any] | None:
+            status = _dev_status(state_dir)
+            [entry] = (status or {}).get("subscriptions", [{}])
+            return entry if entry.get("position") == 2 and entry.get("lag") == 0 else None
+
+        entry = _wait_for(f"{subscription} at position 2", caught_up, log)
+        assert entry["outcome"] == "CaughtUp"
+    finally:
+        stop(dev, grace_seconds=15)
+    assert dev.returncode == 0, log.read_text()[-4000:]
+    with sqlite3.connect(state_dir / f"{NAME}-read-model.db") as connection:
+        rows = connection.execute("SELECT item_id, name FROM gift_cards_items").fetchall()
+    assert sorted(rows) == [(1, "first"), (2, "second")]

@@ -125,6 +125,12 @@ def no_subscription_error(directory: Path) -> ManifestError:
     return ManifestError(Source(directory), "", problems)
 
 
+def _python_path(folder: Path) -> str:
+    """``folder`` first on the children's PYTHONPATH, then what this process was given."""
+    given = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([str(folder), given] if given else [str(folder)])
+
+
 def load(options: DevOptions, warn: Console) -> tuple[Folder, Layout]:
     """The folder's manifests, checked, and the layout; FolderError lists every problem."""
     directory = options.directory.resolve()
@@ -132,7 +138,15 @@ def load(options: DevOptions, warn: Console) -> tuple[Folder, Layout]:
     crd_schema = schema.load_crd_schema(options.crd) if options.crd else schema.shipped_schema()
     folder, errors = read_folder(directory, crd_schema)
     state_dir = (options.state_dir or plan.default_state_dir(directory)).resolve()
-    layout = Layout(directory, state_dir, options.host, options.port_offset)
+    apps = {values.name: values.app for values in folder.services}
+    layout = Layout(
+        directory,
+        state_dir,
+        options.host,
+        options.port_offset,
+        apps=apps,
+        python_path=_python_path(Path.cwd()) if apps else None,
+    )
     reported = {(e.source, e.subject) for e in errors}
     for loaded in folder.subscriptions:
         subject = f'EventSubscription "{loaded.subscription.name}"'
@@ -333,7 +347,16 @@ def _otlp_endpoint(sock: socket.socket) -> str:
 async def _run(options: DevOptions, folder: Folder, layout: Layout, out: Console) -> int:
     """Pick the gRPC ports, bind the dashboard's port, run the broker if a subscription
     needs one (or --broker), supervise the rest."""
-    layout = replace(layout, grpc_ports=free_ports(layout.host, list(DEFAULT_PORTS)))
+    # One call: every port distinct (the HTTP ports of the folder's own services too).
+    ports = free_ports(
+        layout.host,
+        [f"grpc {n}" for n in layout.service_names] + [f"http {n}" for n in layout.apps],
+    )
+    layout = replace(
+        layout,
+        app_ports={n: ports[f"http {n}"] for n in layout.apps},
+        grpc_ports={n: ports[f"grpc {n}"] for n in layout.service_names},
+    )
     sock = dashboard_socket(options, layout)
     if sock is not None:
         layout = replace(layout, otlp_endpoint=_otlp_endpoint(sock))
@@ -440,7 +463,8 @@ async def _supervise(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    names = list(options.services or DEFAULT_PORTS)
+    # The example services (those of --service, else all) and the folder's own.
+    names = [*(options.services or DEFAULT_PORTS), *layout.apps]
     services = [
         ServiceStatus(
             n,

@@ -8,6 +8,10 @@ directory and subfolders are not); a file may hold several documents. By kind:
   rules), then read into the API's typed model;
 - ``v1`` ``Secret``: ``data`` (base64) and ``stringData``, as ``kubectl apply``
   takes them; the subscriptions' ``secretKeyRef``\\s resolve against these;
+- a values file of the ``feedline-service`` chart that runs a service of your
+  own (``feedlineService`` and ``serviceApp``, no ``kind``: what `feedline
+  new-service` writes in ``deploy/values.yaml``): `feedline dev` runs that
+  service beside the examples (``ServiceValues``);
 - any other kind (a Deployment, a ConfigMap...) is ignored and listed.
 
 Every error of the folder is collected (``FolderError``), each naming the
@@ -29,7 +33,16 @@ import yaml
 from pydantic import ValidationError
 
 from feedline.dev.schema import Problem, Schema, apply_defaults, shipped_schema, validate
+from feedline.services.registry import SERVICES
 from feedline_contracts.eventsubscription import API_VERSION, KIND, EventSubscription
+from feedline_contracts.service_values import (
+    SERVICE_APP_FORM,
+    SERVICE_APP_KEY,
+    SERVICE_APP_PATTERN,
+    SERVICE_NAME_FORM,
+    SERVICE_NAME_KEY,
+    SERVICE_NAME_PATTERN,
+)
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -97,11 +110,21 @@ class LoadedSubscription:
 
 
 @dataclass(frozen=True)
+class ServiceValues:
+    """A service of your own: the feedline-service chart's values that name it."""
+
+    source: Source
+    name: str  # feedlineService
+    app: str  # serviceApp: package.module:attribute
+
+
+@dataclass(frozen=True)
 class Folder:
     directory: Path
     subscriptions: tuple[LoadedSubscription, ...]
     secrets: dict[tuple[str, str], Secret]
     ignored: tuple[str, ...] = field(default=())
+    services: tuple[ServiceValues, ...] = field(default=())
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         secret = self.secrets.get((namespace, name))
@@ -286,6 +309,71 @@ def reference_errors(
     return errors
 
 
+def is_service_values(doc: dict[str, Any]) -> bool:
+    """A feedline-service values file (no apiVersion or kind; feedlineService set)."""
+    return SERVICE_NAME_KEY in doc and "apiVersion" not in doc and "kind" not in doc
+
+
+def parse_service_values(doc: dict[str, Any], source: Source) -> ServiceValues | None:
+    """The service a values file runs; None for an example's (dev runs those anyway)."""
+    name, app = doc.get(SERVICE_NAME_KEY), doc.get(SERVICE_APP_KEY) or ""
+    subject = f"{SERVICE_NAME_KEY} {name!r:.60}"
+    problems: list[Problem] = []
+    if not isinstance(name, str) or not SERVICE_NAME_PATTERN.fullmatch(name):
+        problems.append(
+            Problem(
+                SERVICE_NAME_KEY, "FieldValueInvalid", f"{name!r:.60}: expected {SERVICE_NAME_FORM}"
+            )
+        )
+    if not isinstance(app, str) or (app and not SERVICE_APP_PATTERN.fullmatch(app)):
+        problems.append(
+            Problem(
+                SERVICE_APP_KEY, "FieldValueInvalid", f"{app!r:.100}: expected {SERVICE_APP_FORM}"
+            )
+        )
+    elif not app and isinstance(name, str) and name not in SERVICES:
+        problems.append(
+            Problem(
+                SERVICE_APP_KEY,
+                "FieldValueRequired",
+                f"{name!r} is not an example service ({', '.join(SERVICES)}): set "
+                f"{SERVICE_APP_KEY} to its ServiceDefinition, {SERVICE_APP_FORM}",
+            )
+        )
+    elif app and name in SERVICES:
+        problems.append(
+            Problem(
+                SERVICE_NAME_KEY,
+                "FieldValueDuplicate",
+                f"{name!r} is an example service's name: give your service another",
+            )
+        )
+    if problems:
+        raise ManifestError(source, subject, problems)
+    assert isinstance(name, str)
+    assert isinstance(app, str)
+    return ServiceValues(source, name, app) if app else None
+
+
+def _add_service(
+    services: dict[str, ServiceValues], doc: dict[str, Any], source: Source
+) -> list[ManifestError]:
+    """Add the values file's service to ``services``; the error when it cannot be."""
+    try:
+        values = parse_service_values(doc, source)
+    except ManifestError as exc:
+        return [exc]
+    if values is None:
+        return []
+    if values.name in services:
+        duplicate = Problem(
+            SERVICE_NAME_KEY, "FieldValueDuplicate", f"also in {services[values.name].source}"
+        )
+        return [ManifestError(source, f"{SERVICE_NAME_KEY} {values.name!r}", [duplicate])]
+    services[values.name] = values
+    return []
+
+
 def _namespaced_name(doc: dict[str, Any]) -> tuple[str, str]:
     metadata = doc.get("metadata")
     if not isinstance(metadata, dict):
@@ -327,6 +415,7 @@ def read_folder(
     """Every good manifest of ``directory``, and an error for each bad one."""
     subscriptions: list[LoadedSubscription] = []
     secrets: dict[tuple[str, str], Secret] = {}
+    services: dict[str, ServiceValues] = {}
     ignored: list[str] = []
     errors: list[ManifestError] = []
     invalid_secrets: set[tuple[str, str]] = set()
@@ -344,6 +433,9 @@ def read_folder(
                 errors.append(
                     ManifestError(source, "", ["not a Kubernetes object (expected a mapping)"])
                 )
+                continue
+            if is_service_values(doc):
+                errors.extend(_add_service(services, doc, source))
                 continue
             problems = _kind_problems(doc)
             if problems:
@@ -377,7 +469,9 @@ def read_folder(
                 errors.append(exc)
                 if kind == "Secret":
                     invalid_secrets.add(_namespaced_name(doc))
-    folder = Folder(directory, tuple(subscriptions), secrets, tuple(ignored))
+    folder = Folder(
+        directory, tuple(subscriptions), secrets, tuple(ignored), tuple(services.values())
+    )
     errors.extend(reference_errors(folder, frozenset(invalid_secrets), tuple(unreadable)))
     return folder, errors
 

@@ -10,8 +10,12 @@ docs/local-mode.md:
 
 - ``FEEDLINE_FEED_URL``: a cluster service name (``http://special-offers/events``,
   ``grpc://special-offers:9090``) becomes the local (HTTP or gRPC) port of that
-  example service; a loopback http:// URL on a default port follows
-  ``--port-offset``;
+  example service, or of a service of your own that the folder's values file
+  declares (``feedlineService``); a loopback http:// URL on a default port
+  follows ``--port-offset``;
+- ``PYTHONPATH``: with services of your own, the folder `feedline dev` was
+  started in comes first (their packages and projections import from there,
+  as ``feedline serve package.module:attribute`` finds them);
 - ``FEEDLINE_BROKER_URL`` (``spec.feed.broker``): the broker `feedline dev`
   runs (``broker``), whatever host the Secret names, as the services' relays
   publish there;
@@ -73,8 +77,20 @@ class Layout:
     broker_url: str | None = None
     # Where every process sends its traces and metrics (OTLP/HTTP): the dashboard.
     otlp_endpoint: str | None = None
+    # Services of your own (the folder's feedline-service values): name -> import path,
+    # each on a free port picked at start; PYTHONPATH for every process when there are any.
+    apps: Mapping[str, str] = field(default_factory=dict)
+    app_ports: Mapping[str, int] = field(default_factory=dict)
+    python_path: str | None = None
+
+    @property
+    def service_names(self) -> list[str]:
+        """The example services, then the folder's own."""
+        return [*DEFAULT_PORTS, *self.apps]
 
     def service_port(self, service: str) -> int:
+        if service in self.apps:  # picked at start; 0 while the manifests are checked
+            return self.app_ports.get(service, 0)
         return DEFAULT_PORTS[service] + self.port_offset
 
     def _netloc(self, port: int) -> str:
@@ -155,7 +171,10 @@ SPAN_EXPORT_DELAY_MS = "200"  # the SDK's default is 5000: too slow to watch a r
 
 
 def with_telemetry(env: Mapping[str, str], name: str, layout: Layout) -> dict[str, str]:
-    """``env`` plus the OpenTelemetry settings that send a process's spans to the dashboard."""
+    """``env`` plus the OpenTelemetry settings that send a process's spans to the dashboard
+    (and the folder's packages on PYTHONPATH, with services of your own)."""
+    if layout.python_path is not None:
+        env = {"PYTHONPATH": layout.python_path, **env}
     if layout.otlp_endpoint is None:
         return dict(env)
     return {
@@ -191,7 +210,7 @@ def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
         argv=(
             feedline,
             "serve",
-            service,
+            layout.apps.get(service, service),
             "--host",
             layout.host,
             "--port",
@@ -207,9 +226,9 @@ def service_process(service: str, layout: Layout, feedline: str) -> ProcessSpec:
 # --- feed URLs -----------------------------------------------------------------------
 
 
-def _cluster_service(hostname: str) -> str | None:
+def _cluster_service(hostname: str, services: Iterable[str]) -> str | None:
     """``special-offers``, ``special-offers.NS``, ``special-offers.NS.svc[.cluster.local]``."""
-    for service in DEFAULT_PORTS:
+    for service in services:
         if hostname == service:
             return service
         if hostname.startswith(f"{service}."):
@@ -234,7 +253,7 @@ def local_feed_url(url: str, layout: Layout) -> str:
     except ValueError:  # not a port: the CRD refused it already; nothing to map
         return url
     hostname = (parts.hostname or "").lower()
-    service = _cluster_service(hostname)
+    service = _cluster_service(hostname, layout.service_names)
     if service is not None and port in (None, 80) and parts.scheme == "http":
         base = urlsplit(layout.service_url(service))
         return urlunsplit(parts._replace(netloc=base.netloc))
