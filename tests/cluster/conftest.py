@@ -21,6 +21,11 @@ from tests.support.kube.cluster import (
     namespace_name,
     open_cluster,
 )
+from tests.support.operator_fixtures import (
+    apply_chart_rbac,
+    install_crd,
+    service_account_kubeconfig,
+)
 
 _CLUSTER_KEY = pytest.StashKey[Cluster]()
 
@@ -55,6 +60,21 @@ def namespace(kube_api: client.ApiClient, request: pytest.FixtureRequest) -> Ite
     name = create_namespace(kube_api, namespace_name(request.node.name))
     yield name
     delete_namespace(kube_api, name)
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(
+    kube_api: client.ApiClient,
+    kubeconfig: Path,
+    helm: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The CRD installed and a kubeconfig with only the operator chart's permissions
+    (its ServiceAccount's TokenRequest token, not admin)."""
+    install_crd(kube_api)
+    account = apply_chart_rbac(kube_api, helm)
+    path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
+    return service_account_kubeconfig(kube_api, kubeconfig, account, path)
 
 
 @pytest.fixture(scope="session")

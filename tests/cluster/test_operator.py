@@ -26,11 +26,8 @@ from tests.support.operator_fixtures import (
     PLURAL,
     VERSION,
     OperatorThread,
-    apply_chart_rbac,
-    install_crd,
     load_yaml,
     sample,
-    service_account_kubeconfig,
     subscription,
 )
 from tests.support.wait import wait_for
@@ -39,19 +36,6 @@ pytestmark = pytest.mark.cluster
 
 # Drift must be put back "within seconds".
 DRIFT_SECONDS = 10
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(
-    kube_api: client.ApiClient,
-    kubeconfig: Path,
-    helm: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    install_crd(kube_api)
-    account = apply_chart_rbac(kube_api, helm)
-    path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
-    return service_account_kubeconfig(kube_api, kubeconfig, account, path)
 
 
 def operator_config(kubeconfig: Path, namespace: str) -> OperatorConfig:

@@ -29,9 +29,6 @@ from tests.support.operator_fixtures import (
     GROUP,
     PLURAL,
     VERSION,
-    apply_chart_rbac,
-    install_crd,
-    service_account_kubeconfig,
     subscription,
 )
 from tests.support.secret_canaries import Canaries, Outputs
@@ -40,19 +37,6 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.cluster
 
 FEEDLINE = str(Path(sys.executable).with_name("feedline"))
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(
-    kube_api: client.ApiClient,
-    kubeconfig: Path,
-    helm: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Path:
-    install_crd(kube_api)
-    account = apply_chart_rbac(kube_api, helm)
-    path = tmp_path_factory.mktemp("operator") / "operator.kubeconfig"
-    return service_account_kubeconfig(kube_api, kubeconfig, account, path)
 
 
 def _status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:

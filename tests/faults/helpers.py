@@ -4,7 +4,6 @@ waiting on checkpoints, the exactly-once oracle, events with bulk."""
 from __future__ import annotations
 
 import asyncio
-import random
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,8 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from feedline.chassis.eventstore import EventStore, NewEvent
-from feedline_contracts.database import connect_database
 from tests.support.subscriber_oracle import applied_counts, checkpoint_position, oracle, read_offers
 from tests.support.subscriber_process import FEEDLINE
 
@@ -111,40 +108,6 @@ async def assert_exactly_once(
     assert not missing, f"{subscription}: never applied: {missing[:20]}"
     assert not extra, f"{subscription}: applied but not in the feed: {extra[:20]}"
     assert await read_offers(read_model) == oracle(events)
-
-
-async def append_padded_events(
-    database_url: str, count: int, *, first_offer: int = 1, padding: int = 1000
-) -> None:
-    """Creates, updates and removals of offers whose descriptions carry ``padding``
-    characters (so a page is large enough for a fault to land in the middle of
-    it), appended as the service appends them (its EventStore), 500 a transaction."""
-    rng = random.Random(first_offer)
-    database = connect_database(database_url)
-    store = EventStore(database)
-    live: list[int] = []
-    try:
-        for offset in range(0, count, 500):
-            batch = []
-            for number in range(offset, min(offset + 500, count)):
-                roll = rng.random()
-                description = f"{number} {roll} " + "x" * padding
-                if live and roll < 0.1:
-                    offer = live.pop(rng.randrange(len(live)))
-                    batch.append(NewEvent("SpecialOfferRemoved", {"offerId": offer}))
-                elif live and roll < 0.4:
-                    offer = rng.choice(live)
-                    content = {"offerId": offer, "description": description}
-                    batch.append(NewEvent("SpecialOfferUpdated", content))
-                else:
-                    offer = first_offer + number
-                    live.append(offer)
-                    content = {"offerId": offer, "description": description}
-                    batch.append(NewEvent("SpecialOfferCreated", content))
-            async with store.transaction() as connection:
-                await store.append(connection, batch)
-    finally:
-        await database.dispose()
 
 
 def host_port(url: str) -> str:

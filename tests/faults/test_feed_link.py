@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.faults.helpers import (
-    append_padded_events,
     assert_exactly_once,
     host_port,
     position,
@@ -30,7 +29,7 @@ from tests.faults.helpers import (
 )
 from tests.support.services import running_service
 from tests.support.subscriber_process import AUDITED, subscriber_env
-from tests.support.subscriber_workload import publish_commands, read_feed
+from tests.support.subscriber_workload import append_padded_events, publish_commands, read_feed
 from tests.support.toxiproxy import Proxy, Toxiproxy
 
 pytestmark = pytest.mark.faults

@@ -14,7 +14,6 @@ applied exactly once and the read model equal to the oracle.
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
 import subprocess
 import time
@@ -27,13 +26,11 @@ import httpx
 import orjson
 import pytest
 
-from feedline.chassis.eventstore import EventStore, NewEvent
-from feedline_contracts.database import connect_database
 from tests.support.ports import free_port
 from tests.support.services import ServiceProcess, restartable_service
 from tests.support.subscriber_oracle import applied_counts, checkpoint_position, oracle, read_offers
 from tests.support.subscriber_process import FEEDLINE, subscriber_env
-from tests.support.subscriber_workload import publish_commands, read_feed
+from tests.support.subscriber_workload import append_padded_events, publish_commands, read_feed
 
 pytestmark = pytest.mark.integration
 
@@ -50,37 +47,6 @@ KILL_AFTER = 200  # both checkpoints at least here: both are reading, neither do
 # batches all sit in the subscriber's buffers already.
 PADDING = 5_000
 WHILE_DOWN = 100  # events committed straight to the database while the service is down
-
-
-async def append_big_events(database_url: str, count: int, *, first_offer: int) -> None:
-    """Creates, updates and removals of offers with long descriptions, appended as the
-    service appends (its EventStore), in transactions of 500."""
-    rng = random.Random(first_offer)
-    database = connect_database(database_url)
-    store = EventStore(database)
-    live: list[int] = []
-    try:
-        for offset in range(0, count, 500):
-            batch = []
-            for number in range(offset, min(offset + 500, count)):
-                roll = rng.random()
-                description = f"{number} {roll} " + "x" * PADDING
-                if live and roll < 0.1:
-                    offer = live.pop(rng.randrange(len(live)))
-                    batch.append(NewEvent("SpecialOfferRemoved", {"offerId": offer}))
-                elif live and roll < 0.4:
-                    offer = rng.choice(live)
-                    content = {"offerId": offer, "description": description}
-                    batch.append(NewEvent("SpecialOfferUpdated", content))
-                else:
-                    offer = first_offer + number
-                    live.append(offer)
-                    content = {"offerId": offer, "description": description}
-                    batch.append(NewEvent("SpecialOfferCreated", content))
-            async with store.transaction() as connection:
-                await store.append(connection, batch)
-    finally:
-        await database.dispose()
 
 
 def feed_url(service: ServiceProcess, transport: str) -> str:
@@ -157,7 +123,7 @@ async def test_subscribers_reconnect_after_the_service_is_killed_and_apply_every
         "FEEDLINE_FEED_RETRY_ATTEMPTS": "30",
     }
     with restartable_service("special-offers", postgres_url) as service:
-        await append_big_events(postgres_url, CATCH_UP, first_offer=1_000_000)
+        await append_padded_events(postgres_url, CATCH_UP, first_offer=1_000_000, padding=PADDING)
         url = feed_url(service, transport)
         status = f"http://127.0.0.1:{free_port()}"
         follower_env = subscriber_env(
@@ -184,7 +150,9 @@ async def test_subscribers_reconnect_after_the_service_is_killed_and_apply_every
 
             # 1. Killed mid-stream: both are part-way through the 3,000 events.
             service.kill()
-            await append_big_events(postgres_url, WHILE_DOWN, first_offer=2_000_000)
+            await append_padded_events(
+                postgres_url, WHILE_DOWN, first_offer=2_000_000, padding=PADDING
+            )
             await asyncio.sleep(1.5)  # both find it gone and retry
             assert run.poll() is None, "the run ended while the service was down"
             assert follower.poll() is None, "the follower ended while the service was down"
@@ -219,7 +187,9 @@ async def test_subscribers_reconnect_after_the_service_is_killed_and_apply_every
             await wait_until(follower_at(total), 60, f"follower at {total}", follower_logs)
             await asyncio.sleep(1)  # waiting on the feed now
             service.kill()
-            await append_big_events(postgres_url, WHILE_DOWN, first_offer=3_000_000)
+            await append_padded_events(
+                postgres_url, WHILE_DOWN, first_offer=3_000_000, padding=PADDING
+            )
             await asyncio.sleep(1)
             assert follower.poll() is None, "the follower ended while the service was down"
             service.start()

@@ -94,6 +94,40 @@ async def append_events_directly(
         await database.dispose()
 
 
+async def append_padded_events(
+    database_url: str, count: int, *, first_offer: int = 1, padding: int = 1000
+) -> None:
+    """Creates, updates and removals of offers whose descriptions carry ``padding``
+    characters (so a page is large enough for a fault to land in the middle of
+    it), appended as the service appends them (its EventStore), 500 a transaction."""
+    rng = random.Random(first_offer)
+    database = connect_database(database_url)
+    store = EventStore(database)
+    live: list[int] = []
+    try:
+        for offset in range(0, count, 500):
+            batch = []
+            for number in range(offset, min(offset + 500, count)):
+                roll = rng.random()
+                description = f"{number} {roll} " + "x" * padding
+                if live and roll < 0.1:
+                    offer = live.pop(rng.randrange(len(live)))
+                    batch.append(NewEvent("SpecialOfferRemoved", {"offerId": offer}))
+                elif live and roll < 0.4:
+                    offer = rng.choice(live)
+                    content = {"offerId": offer, "description": description}
+                    batch.append(NewEvent("SpecialOfferUpdated", content))
+                else:
+                    offer = first_offer + number
+                    live.append(offer)
+                    content = {"offerId": offer, "description": description}
+                    batch.append(NewEvent("SpecialOfferCreated", content))
+            async with store.transaction() as connection:
+                await store.append(connection, batch)
+    finally:
+        await database.dispose()
+
+
 async def read_feed(feed_url: str) -> list[dict[str, Any]]:
     """Every event of a feed, read plainly (the oracle's input)."""
     events: list[dict[str, Any]] = []
