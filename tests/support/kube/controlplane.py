@@ -204,6 +204,26 @@ class ControlPlane:
         for component in reversed(self.components):
             component.stop()
 
+    def kill_apiserver(self) -> None:
+        """SIGKILL kube-apiserver (a crash: no graceful shutdown); etcd keeps the data."""
+        apiserver = self._component("kube-apiserver")
+        if apiserver.process is not None:
+            apiserver.process.kill()
+            apiserver.process.wait()
+        apiserver.stop()  # closes its log
+
+    def start_apiserver(self, timeout: float = 90.0) -> None:
+        """Start the killed kube-apiserver again, same port, certificates and etcd."""
+        apiserver = self._component("kube-apiserver")
+        apiserver.start()
+        self._wait(apiserver, f"{self.server}/readyz", timeout, tls=True)
+
+    def _component(self, name: str) -> Component:
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise ControlPlaneError(f"no {name} in this control plane")
+
     def log_tails(self, lines: int = 40) -> str:
         return "\n".join(c.tail(lines) for c in self.components)
 
