@@ -54,6 +54,18 @@ class ServiceName(StrEnum):
     PRODUCT_CATALOG = "product-catalog"
 
 
+class ConsoleLevel(StrEnum):
+    """`feedline dev --console-logs`: feedline.dev.console_logs.CONSOLE_LEVELS (a unit test
+    compares them; spelled out so the CLI does not import the dashboard to start)."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+    none = "none"
+
+
 # `feedline serve` exits with it when its database cannot be used (as uvicorn
 # does when a service's start-up fails).
 DATABASE_UNUSABLE = 3
@@ -331,6 +343,13 @@ def dev(
             show_default="8000 + --port-offset",
         ),
     ] = None,
+    console_logs: Annotated[
+        ConsoleLevel,
+        typer.Option(
+            help="print the processes' log lines at this level and above on this terminal "
+            "(none: no lines; the dashboard shows them all)",
+        ),
+    ] = ConsoleLevel.warning,
     dashboard: Annotated[
         bool,
         typer.Option(
@@ -382,6 +401,7 @@ def dev(
         broker=broker,
         dashboard=dashboard,
         dashboard_port=dashboard_port,
+        console_logs=console_logs.value,
     )
     try:
         folder, layout = load(options, Console(stderr=True))

@@ -35,6 +35,7 @@ from rich.text import Text
 
 from feedline.dev import plan, schema
 from feedline.dev.broker import BrokerError, RabbitMQNode
+from feedline.dev.console_logs import DEFAULT_CONSOLE_LEVEL, echo_logs
 from feedline.dev.control import ControlServer
 from feedline.dev.dashboard import DashboardServer, DashboardState, ServiceWatch, bind
 from feedline.dev.dsns import dsn_errors
@@ -85,6 +86,7 @@ class DevOptions:
     broker: bool = False  # --broker: a local RabbitMQ node even if no subscription needs one
     dashboard: bool = True  # --no-dashboard: none (never with --once)
     dashboard_port: int | None = None  # --dashboard-port; None: 8000 + port_offset; 0: a free one
+    console_logs: str = DEFAULT_CONSOLE_LEVEL  # --console-logs: processes' lines at this level up
 
 
 def feedline_executable() -> str:
@@ -196,6 +198,10 @@ class Display:
     def _print(self, text: str, style: str | None = None) -> None:
         self.out.print(text, style=style, highlight=False, soft_wrap=True, markup=False)
         self.out.file.flush()
+
+    def log_line(self, text: str) -> None:
+        """A process's log line, above the table (in the scroll-back, like Compose's)."""
+        self._print(text, style="yellow" if self.live is not None else None)
 
     def note(self, text: str) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
@@ -540,6 +546,14 @@ async def _supervise_processes(
             return await _once(workers, display, stop, options, out)
         refresher = HeadRefresher(display.statuses, layout, lambda s: display.changed(s, None))
         background.append(asyncio.create_task(refresher.run(stop)))
+        processes = [*names, *(w.status.name for w in workers)]
+        background.append(
+            asyncio.create_task(
+                echo_logs(
+                    layout.logs_dir(), processes, options.console_logs, display.log_line, stop
+                )
+            )
+        )
         if dashboard is not None:
             dashboard.state.statuses = display.statuses
             dashboard.state.run_now = _run_now_handler(workers, display, via="dashboard")
