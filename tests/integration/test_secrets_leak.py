@@ -463,12 +463,34 @@ def dev_outputs(outputs: Outputs, where: str, folder: Path, output: Path) -> Non
     outputs.add_files(where, texts)
 
 
+DASHBOARD_PAGES = (
+    "/",
+    "/api/status",
+    "/api/metrics",
+    "/api/logs",
+    "/logs",
+    "/api/traces",
+    "/traces",
+)
+
+
+def dashboard_payloads(outputs: Outputs, where: str, status_file: Path) -> None:
+    """Every page and JSON answer of the running dev's dashboard (its URL in status.json)."""
+    dashboard = json.loads(status_file.read_text())["dashboard"]
+    with httpx.Client(base_url=dashboard, timeout=10) as http:
+        for page in DASHBOARD_PAGES:
+            answer = http.get(page)
+            assert answer.status_code == 200, f"{page}: {answer.status_code} {answer.text[:300]}"
+            record_response(outputs, f"{where}: dashboard GET {page}", answer)
+
+
 def test_feedline_dev_leaks_no_secret(
     canaries: Canaries, outputs: Outputs, read_model_dsn: str, tmp_path: Path
 ) -> None:
-    """status.json, its output and every log under its state directory, with the read
-    model's DSN password in the Secret: a run that succeeds, one whose login is refused,
-    and a DSN it refuses at load."""
+    """status.json, its output, every log under its state directory and the dashboard's
+    pages and JSON (status, metrics, logs, traces), with the read model's DSN password in
+    the Secret: a run that succeeds, one whose login is refused, and a DSN it refuses at
+    load."""
     from tests.integration.test_dev_local_mode import free_port_offset
 
     cases = {
@@ -512,6 +534,7 @@ def test_feedline_dev_leaks_no_secret(
                     return False
 
                 wait_for(ran, timeout=90, what=f"{where}: a run")
+                dashboard_payloads(outputs, where, status_file)
             else:
                 assert process.wait(timeout=60) != 0, output.read_text()
         finally:
