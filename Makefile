@@ -80,7 +80,7 @@ fuzz: install ## Schemathesis, every check, FUZZ_EXAMPLES (300) examples per ope
 bench: install controlplane ## Benchmarks: print throughput and latency figures (see docs/benchmarks.md)
 	$(PY) -m bench.bench_subscriber --events 200000 --baseline-events 20000 --runs 3
 	$(PY) -m bench.bench_transports --events 10000 --latency-samples 10 --interval 0.1
-	$(PY) -m bench.bench_operator
+	$(PY) -m bench.bench_operator --count 200 --resync-seconds 10 --resync-periods 1
 	$(PY) -m bench.bench_shapes --events 20000 --keys 1000 --only update
 	$(PY) -m bench.bench_appends --seconds 0.25 --writers 16
 	$(PY) -m bench.bench_feed_size --events 100000 --samples 25
@@ -99,7 +99,7 @@ bench-full: install controlplane ## Every benchmark at full size (10M-event feed
 		set -o pipefail; "$$@" | tee $(BENCH_RESULTS)/$$name.log || status=1; }; \
 	run subscriber $(PY) -m bench.bench_subscriber --events 200000 --baseline-events 20000 --runs 3; \
 	run transports $(PY) -m bench.bench_transports --events 200000 --runs 3 --latency-samples 100 --relay-runs 2; \
-	run operator $(PY) -m bench.bench_operator --count 500; \
+	run operator $(PY) -m bench.bench_operator --count 5000 --resync-seconds 60; \
 	run shapes $(PY) -m bench.bench_shapes --events 200000 --keys 10000 --runs 3; \
 	run appends $(PY) -m bench.bench_appends --seconds 5; \
 	run feed_size $(PY) -m bench.bench_feed_size --events 10000000 --samples 200; \

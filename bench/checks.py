@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -274,3 +275,68 @@ def final_rows_problems(
             f"{_some(wrong)}"
         )
     return problems
+
+
+# kube-apiserver's requests, from its /metrics: (verb, resource[/subresource]).
+RequestKey = tuple[str, str]
+NON_RESOURCE = "(non-resource)"
+# apiserver_request_total's verbs that change something (POST is a create, PUT an update).
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+_REQUEST_SAMPLE = "apiserver_request_total{"
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def apiserver_requests(metrics: str) -> dict[RequestKey, float]:
+    """kube-apiserver's ``apiserver_request_total`` counters by verb and resource.
+
+    Summed over the other labels (code, group, version, scope, component,
+    dry_run); a non-resource request (``/metrics``, ``/readyz``) counts under
+    ``(non-resource)``.
+    """
+    counts: dict[RequestKey, float] = {}
+    for line in metrics.splitlines():
+        if not line.startswith(_REQUEST_SAMPLE):
+            continue
+        labels_text, _, rest = line[len(_REQUEST_SAMPLE) :].rpartition("}")
+        labels = dict(_LABEL.findall(labels_text))
+        resource = labels.get("resource", "")
+        subresource = labels.get("subresource", "")
+        if not resource:
+            resource = NON_RESOURCE
+        elif subresource:
+            resource = f"{resource}/{subresource}"
+        key = (labels.get("verb", ""), resource)
+        counts[key] = counts.get(key, 0.0) + float(rest.split()[0])
+    return counts
+
+
+def request_delta(
+    before: Mapping[RequestKey, float], after: Mapping[RequestKey, float]
+) -> dict[RequestKey, float]:
+    """``after - before`` per key, keys whose difference is 0 left out."""
+    keys = set(before) | set(after)
+    delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in keys}
+    return {key: value for key, value in delta.items() if value}
+
+
+def resync_write_problems(
+    requests: Mapping[RequestKey, float], resources: Iterable[str]
+) -> list[str]:
+    """Writes among ``requests`` (a window's, the baseline subtracted) to ``resources``.
+
+    A resource matches with its subresources (``eventsubscriptions`` covers
+    ``eventsubscriptions/status``). For a window in which nothing changed:
+    each write found is a problem.
+    """
+    watched = tuple(resources)
+    found = {
+        (verb, resource): count
+        for (verb, resource), count in requests.items()
+        if verb in WRITE_VERBS
+        and count > 0
+        and any(resource == r or resource.startswith(f"{r}/") for r in watched)
+    }
+    return [
+        f"{plain(count)} {verb} {resource} while nothing changed"
+        for (verb, resource), count in sorted(found.items(), key=lambda item: item[0])
+    ]

@@ -142,3 +142,50 @@ def test_ratios_keep_four_significant_digits_and_their_figures() -> None:
     assert checks.significant(0.25) == "0.2500"
     assert checks.significant(133.42) == "133.4"
     assert checks.ratio(500, 14.7) == "34.01 = 500 / 14.700"
+
+
+APISERVER_METRICS = """\
+# HELP apiserver_request_total [STABLE] Counter of apiserver requests ...
+# TYPE apiserver_request_total counter
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="batch",resource="cronjobs",scope="resource",subresource="",verb="GET",version="v1"} 7
+apiserver_request_total{code="404",component="apiserver",dry_run="",group="batch",resource="cronjobs",scope="resource",subresource="",verb="GET",version="v1"} 3
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="feedline.io",resource="eventsubscriptions",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 2
+apiserver_request_total{code="200",component="",dry_run="",group="",resource="",scope="",subresource="/metrics",verb="GET",version=""} 1
+apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="batch",resource="cronjobs",scope="resource",subresource="",verb="GET",version="v1"} 10
+"""  # noqa: E501 (kube-apiserver's own lines)
+
+
+def test_apiserver_requests_sum_by_verb_and_resource() -> None:
+    assert checks.apiserver_requests(APISERVER_METRICS) == {
+        ("GET", "cronjobs"): 10,
+        ("PATCH", "eventsubscriptions/status"): 2,
+        ("GET", checks.NON_RESOURCE): 1,
+    }
+
+
+def test_request_delta_keeps_what_changed_including_new_keys() -> None:
+    before = {("GET", "cronjobs"): 10.0, ("LIST", "pods"): 4.0}
+    after = {("GET", "cronjobs"): 25.0, ("LIST", "pods"): 4.0, ("GET", "secrets"): 5.0}
+    assert checks.request_delta(before, after) == {("GET", "cronjobs"): 15, ("GET", "secrets"): 5}
+    # A baseline larger than the window: the difference stays negative, not hidden.
+    assert checks.request_delta({("PUT", "leases"): 7.0}, {("PUT", "leases"): 6.0}) == {
+        ("PUT", "leases"): -1
+    }
+
+
+def test_writes_to_the_named_resources_in_a_quiet_window_are_problems() -> None:
+    requests = {
+        ("GET", "cronjobs"): 100.0,
+        ("PATCH", "eventsubscriptions/status"): 50.0,
+        ("PUT", "cronjobs"): 2.0,
+        ("PUT", "leases"): 1.0,  # not one of the named resources
+        ("POST", "events"): -1.0,  # the baseline had more: not a write of the window
+    }
+    problems = checks.resync_write_problems(
+        requests, ("cronjobs", "deployments", "eventsubscriptions", "events")
+    )
+    assert problems == [
+        "50 PATCH eventsubscriptions/status while nothing changed",
+        "2 PUT cronjobs while nothing changed",
+    ]
+    assert checks.resync_write_problems({("GET", "cronjobs"): 9.0}, ("cronjobs",)) == []

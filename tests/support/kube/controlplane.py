@@ -67,6 +67,10 @@ class ControlPlaneOptions:
     extra_sans: tuple[str, ...] = ()
     extra_apiserver_args: tuple[str, ...] = ()
     extra_controller_manager_args: tuple[str, ...] = ()
+    # False: etcd runs with --unsafe-no-fsync=true (test data is thrown away,
+    # writes are much faster); True: etcd's default, its WAL fsynced on every
+    # commit as in production (e.g. for a benchmark's figures).
+    etcd_fsync: bool = False
 
 
 class ControlPlaneError(RuntimeError):
@@ -290,7 +294,7 @@ class ControlPlane:
                 f"--initial-advertise-peer-urls={peer}",
                 f"--initial-cluster=feedline-test={peer}",
                 # Test data is thrown away: skipping fsync makes writes much faster.
-                "--unsafe-no-fsync=true",
+                *([] if self.options.etcd_fsync else ["--unsafe-no-fsync=true"]),
                 "--log-level=warn",
             ],
         )
