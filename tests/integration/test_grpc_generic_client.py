@@ -159,13 +159,17 @@ async def generic_client(target: str) -> AsyncIterator[GenericClient]:
 
 def as_http_event(event: Json) -> Json:
     """A reflected Event in JSON as the HTTP feed writes one: the proto3 JSON mapping
-    already names the fields alike; int64 comes as a string, content is JSON text."""
-    return {
+    already names the fields alike; int64 comes as a string, content is JSON text, and the
+    optional traceparent is there only when the event has one (as on HTTP)."""
+    converted = {
         "sequenceNumber": int(event["sequenceNumber"]),
         "occurredAt": event["occurredAt"],
         "name": event["name"],
         "content": json.loads(event["content"]),
     }
+    if "traceparent" in event:
+        converted["traceparent"] = event["traceparent"]
+    return converted
 
 
 @pytest.fixture
