@@ -283,6 +283,8 @@ def subscribe(
         typer.Option(
             envvar=LOG_FORMAT_SETTING,
             case_sensitive=False,
+            # Short, as the other flags' are: a wide metavar squeezes the flags' names.
+            metavar="<format>",
             help="Logs on stderr: json (one object per line) or plain (key=value for people).",
         ),
     ] = LogFormat.JSON,

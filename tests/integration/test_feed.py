@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -64,12 +65,18 @@ async def test_commands_publish_events_that_page_with_links_and_head(
     assert [event["sequenceNumber"] for event in events] == list(range(1, 28))
     assert events[0]["name"] == "SpecialOfferCreated"
     assert events[0]["content"] == {"offerId": ids[0], "description": "offer 0"}
-    assert events[25] | {"occurredAt": None, "sequenceNumber": None} == {
+    assert events[25] | {"occurredAt": None, "sequenceNumber": None, "traceparent": None} == {
         "sequenceNumber": None,
         "occurredAt": None,
         "name": "SpecialOfferUpdated",
         "content": {"offerId": ids[0], "description": "changed"},
+        "traceparent": None,
     }
+    # Each command's event carries the W3C trace context of its request (feed-protocol.md):
+    # a trace of its own per request, since these requests sent none.
+    traceparents = [event["traceparent"] for event in events]
+    assert all(re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", t) for t in traceparents)
+    assert len({t.split("-")[1] for t in traceparents}) == len(events)
     assert events[26]["name"] == "SpecialOfferRemoved"
     assert events[26]["content"] == {"offerId": ids[1]}
     assert all(event["occurredAt"].endswith("Z") for event in events)
