@@ -1,7 +1,7 @@
 """The gRPC feed (feedline.feed.v1.EventFeed) of a real special-offers service, on loopback,
 over PostgreSQL and SQLite: order and batching, the type filter, following (woken by
-commits, across replicas too), Head, auth, argument errors, health, reflection, and the
-memory bound for a slow reader."""
+commits, across replicas too; followers woken together share one read of the store),
+Head, auth, argument errors, health, reflection, and the memory bound for a slow reader."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from feedline.chassis.app import create_app, create_tables
 from feedline.chassis.auth import KubernetesTokenReview
-from feedline.chassis.eventstore import EventStore, NewEvent
+from feedline.chassis.eventstore import EventStore, FeedPage, NewEvent
 from feedline.chassis.grpc_feed import EventFeedService, GrpcFeedServer
 from feedline.chassis.metrics import ServiceMetrics
 from feedline.chassis.settings import ServiceSettings
+from feedline.chassis.shared_reads import SharedReads
 from feedline.services.registry import SERVICES
 from feedline_contracts.database import connect_database
 from feedline_contracts.feed import GRPC_SERVICE
@@ -286,6 +287,61 @@ async def test_following_is_woken_by_a_commit_on_another_replica(
         assert numbers([batch]) == [[2]]
         assert time.monotonic() - committing < WOKEN_WITHIN
         call.cancel()
+
+
+class CountedReads:
+    """The store's read_page, counting the reads that reach the database."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._read_page = store.read_page
+        self.starts: list[int] = []
+
+    async def __call__(
+        self, start: int, end: int | None, limit: int, types: Sequence[str] | None
+    ) -> FeedPage:
+        self.starts.append(start)
+        return await self._read_page(start, end, limit, types)
+
+
+async def test_followers_woken_by_one_commit_share_one_read_of_the_store(
+    start_grpc_service: StartGrpcService, database_url: str, client: httpx.AsyncClient
+) -> None:
+    """20 gRPC follow streams and 20 HTTP long polls wait at the head; one commit wakes
+    them all, and they read the new page from the database a few times, not 40."""
+    service = start_grpc_service(
+        "special-offers", database_url, long_poll_recheck_seconds=RECHECK_SECONDS
+    )
+    store: EventStore = service.app.state.context.store
+    counted = CountedReads(store)
+    store.reads = SharedReads(counted)
+    followers = 20
+    async with grpc.aio.insecure_channel(service.target) as channel:
+        stub = feed_pb2_grpc.EventFeedStub(channel)
+        calls = [
+            stub.Subscribe(feed_pb2.SubscribeRequest(follow=True), timeout=DEADLINE)
+            for _ in range(followers)
+        ]
+        for call in calls:
+            assert numbers([await read_batch(call)]) == [[]]
+        streams = [asyncio.create_task(read_batch(call)) for call in calls]
+        polls = [
+            asyncio.create_task(client.get(f"{service.base}/events", params={"wait": 30}))
+            for _ in range(followers)
+        ]
+        await asyncio.sleep(1.0)
+        assert not any(task.done() for task in streams + polls), "answered before a commit"
+        waiting_reads = len(counted.starts)
+        await create_offers(client, service.base, 1)
+        for batch in await asyncio.gather(*streams):
+            assert numbers([batch]) == [[1]]
+        for response in await asyncio.gather(*polls):
+            assert [event["sequenceNumber"] for event in response.json()] == [1]
+        woken_reads = counted.starts[waiting_reads:]
+        # One shared read of the new page; a second commit signal (PostgreSQL's NOTIFY
+        # after the in-process one) may add a shared read or two. Unshared: 40.
+        assert woken_reads.count(1) <= 3, woken_reads
+        for call in calls:
+            call.cancel()
 
 
 async def test_head(

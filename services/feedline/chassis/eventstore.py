@@ -50,6 +50,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from feedline.chassis.notifications import CommitSignal
+from feedline.chassis.shared_reads import SharedReads
 from feedline_contracts.database import Database
 from feedline_contracts.feed import EVENT_NAME_PATTERN
 from feedline_contracts.telemetry import Telemetry, traceparent_of
@@ -193,6 +194,8 @@ class EventStore:
         self.database = database
         self.table = events
         self.commits = CommitSignal()
+        # Both feeds read pages through this, so readers woken together read once.
+        self.reads: SharedReads[FeedPage] = SharedReads(self.read_page)
         self._tracer = telemetry.tracer if telemetry is not None else None
         self._appended = (
             telemetry.meter.create_counter(

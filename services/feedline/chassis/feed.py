@@ -8,7 +8,6 @@ touches the head is ``no-cache`` and revalidates with ``If-None-Match``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from typing import Annotated, Any
@@ -20,7 +19,6 @@ from starlette.responses import Response
 from feedline.chassis.auth import AllowAnyone, FeedAuthorizer
 from feedline.chassis.eventstore import EventStore, FeedPage
 from feedline.chassis.metrics import ServiceMetrics
-from feedline.chassis.notifications import CommitWatch
 from feedline.chassis.problems import PROBLEM_SCHEMA, problem
 from feedline_contracts.feed import (
     DEFAULT_LIMIT,
@@ -58,46 +56,6 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-class SharedReads:
-    """Long polls woken together read the store once, not once each.
-
-    A read of a page (start, end, limit, types) begun while the commit signal
-    stood where a poll's watch was taken is shared by that poll: whatever was
-    committed after the read began fires the signal after it began, hence
-    after the poll's watch was taken (the signal did not fire in between), and
-    wakes the poll as its own read would have. A read begun before a later
-    fire is not shared with polls watching from after it.
-    """
-
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
-        self._reads: dict[tuple[Any, ...], tuple[int, asyncio.Future[FeedPage]]] = {}
-
-    async def read(
-        self, watch: CommitWatch, start: int, end: int | None, limit: int, types: list[str] | None
-    ) -> FeedPage:
-        key = (start, end, limit, tuple(types) if types else None)
-        shared = self._reads.get(key)
-        if shared is None or shared[0] != watch.generation:
-            read = asyncio.ensure_future(self._store.read_page(start, end, limit, types))
-            shared = (watch.generation, read)
-            self._reads[key] = shared
-            read.add_done_callback(lambda done: self._forget(key, shared, done))
-        # One poll going away (its client gone) does not cancel the others' read.
-        return await asyncio.shield(shared[1])
-
-    def _forget(
-        self,
-        key: tuple[Any, ...],
-        shared: tuple[int, asyncio.Future[FeedPage]],
-        done: asyncio.Future[FeedPage],
-    ) -> None:
-        if self._reads.get(key) is shared:
-            del self._reads[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: each sharer gets it from its own await
-
-
 def feed_router(
     store: EventStore,
     authorize: FeedAuthorizer,
@@ -114,7 +72,6 @@ def feed_router(
         # it); `authorize` does the checking, so this one never answers by itself.
         dependencies.append(Security(HTTPBearer(scheme_name="feedToken", auto_error=False)))
     router = APIRouter(tags=["feed"], dependencies=dependencies)
-    reads = SharedReads(store)
     errors: dict[int | str, dict[str, Any]] = {
         400: PROBLEM_SCHEMA,
         401: {**PROBLEM_SCHEMA, "description": "No valid bearer token (WWW-Authenticate)"},
@@ -188,7 +145,7 @@ def feed_router(
             # Take hold of the commit signal before reading, so that a commit after the
             # head this read is bounded by wakes the wait below, not the re-check.
             commits = store.commits.watch()
-            page = await reads.read(commits, start, end, limit, type_list)
+            page = await store.reads.read(commits, start, end, limit, type_list)
             etag = _etag(start, end, limit, types, page)
             # Long poll: hold while there is nothing new for this reader.
             if page.count and not _matches(if_none_match, etag):

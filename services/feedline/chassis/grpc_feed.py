@@ -6,7 +6,9 @@ in batches, then (``follow``) keeps sending new commits; ``Head`` answers the
 head. It reuses what the HTTP feed uses: the event store's pages (bounded by
 the head read first), its commit signal (fed by the one PostgreSQL listener
 per process, so a commit on any replica wakes followers at once; the database
-is re-checked every ``FEEDLINE_LONG_POLL_RECHECK_SECONDS`` as a safety net),
+is re-checked every ``FEEDLINE_LONG_POLL_RECHECK_SECONDS`` as a safety net), its
+shared reads (followers woken by one commit read the new page once, and each
+page's batches are built once for them all),
 the feed's limits, and the service's authorizer (the bearer token comes from
 the ``authorization`` metadata). The server also serves the standard health
 service and server reflection.
@@ -22,9 +24,9 @@ reader's HTTP/2 window and the sockets' buffers.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -38,6 +40,7 @@ from grpc_reflection.v1alpha import reflection
 from feedline.chassis.auth import FeedAuthError, FeedAuthorizer
 from feedline.chassis.eventstore import EventStore, FeedPage
 from feedline.chassis.metrics import ServiceMetrics
+from feedline.chassis.notifications import CommitWatch
 from feedline_contracts.feed import (
     DEFAULT_LIMIT,
     EVENT_NAME_MAX_LENGTH,
@@ -187,6 +190,11 @@ class EventFeedService(feed_pb2_grpc.EventFeedServicer):
         self._max_batch_bytes = max_batch_bytes
         # The open Subscribe streams (for tests and debugging).
         self.streams: list[StreamProgress] = []
+        # Pages' batches, kept while some stream holds the page (a shared read's
+        # page is held by every stream it woke; messages are never changed once built).
+        self._built: weakref.WeakKeyDictionary[FeedPage, list[feed_pb2.EventBatch]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def _authorize(self, context: ServicerContext) -> None:
         authorization = None
@@ -209,9 +217,13 @@ class EventFeedService(feed_pb2_grpc.EventFeedServicer):
         subscription: Subscription,
         start: int,
         progress: StreamProgress,
+        commits: CommitWatch,
     ) -> FeedPage:
         try:
-            page = await self._store.read_page(start, None, subscription.limit, subscription.types)
+            # Shared with every stream (and HTTP long poll) asking for this page now.
+            page = await self._store.reads.read(
+                commits, start, None, subscription.limit, subscription.types
+            )
         except Exception as exc:  # the database: down, restarting, unreachable
             log.warning("grpc feed cannot read the event store", error=str(exc))
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "cannot read the event store")
@@ -256,33 +268,37 @@ class EventFeedService(feed_pb2_grpc.EventFeedServicer):
         position = subscription.start
         following = False
         while True:
-            # Following, take hold of the commit signal before reading, so that a
-            # commit after the read's head wakes the wait below, not the re-check.
-            woken = None
-            if following:
-                woken = asyncio.create_task(self._store.commits.wait(self._recheck_seconds))
-                await asyncio.sleep(0)
-            try:
-                page = await self._read(context, subscription, position, progress)
-                if page.count or not following:
-                    for batch in batches(page, self._max_batch_bytes):
-                        # Resumes once gRPC has written the batch: HTTP/2 flow control
-                        # holds it while the reader does not read, and so the next read.
-                        yield batch
-                        progress.sent_to = batch.next_start
-                    self._metrics.events_served.inc(page.count)
-                progress.pages_held -= 1
-                position = page.scanned_to
-                if page.count == subscription.limit:
-                    continue  # more at once
-                if not subscription.follow:
-                    return
-                if woken is not None:
-                    await woken  # a commit, or the re-check timer
-                following = True
-            finally:
-                if woken is not None:
-                    woken.cancel()
+            # Take hold of the commit signal before reading, so that a commit after the
+            # read's head wakes the wait below, not the re-check.
+            commits = self._store.commits.watch()
+            page = await self._read(context, subscription, position, progress, commits)
+            if page.count or not following:
+                for batch in self._batches(page):
+                    # Resumes once gRPC has written the batch: HTTP/2 flow control
+                    # holds it while the reader does not read, and so the next read.
+                    yield batch
+                    progress.sent_to = batch.next_start
+                self._metrics.events_served.inc(page.count)
+            progress.pages_held -= 1
+            position = page.scanned_to
+            if page.count == subscription.limit:
+                continue  # more at once
+            if not subscription.follow:
+                return
+            # A commit, or the re-check on a beat shared by every follower (multiples
+            # of recheck_seconds on the monotonic clock), so that those reads are
+            # shared too.
+            beat = self._recheck_seconds - time.monotonic() % self._recheck_seconds
+            await commits.wait(beat)
+            following = True
+
+    def _batches(self, page: FeedPage) -> list[feed_pb2.EventBatch]:
+        """The page's batches, built once for all the streams that share the page."""
+        built = self._built.get(page)
+        if built is None:
+            built = list(batches(page, self._max_batch_bytes))
+            self._built[page] = built
+        return built
 
 
 async def _abort(context: ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
