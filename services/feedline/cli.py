@@ -9,6 +9,7 @@ import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
 
+from feedline.dev.ports import PORT_OFFSET_MAX, PORT_OFFSET_MIN
 from feedline_operator.command import operator
 from feedline_subscriber.command import subscribe
 
@@ -289,8 +290,8 @@ def dev(
     port_offset: Annotated[
         int,
         typer.Option(
-            min=-8000,
-            max=50000,
+            min=PORT_OFFSET_MIN,
+            max=PORT_OFFSET_MAX,
             help="added to every service's default port (8001-8004)",
         ),
     ] = 0,

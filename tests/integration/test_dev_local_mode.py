@@ -25,7 +25,9 @@ import httpx
 import psutil
 import pytest
 
+from feedline.dev.main import DASHBOARD_PORT
 from feedline.services.registry import DEFAULT_PORTS
+from tests.support.ports import PORT_OFFSET_MAX, pickable
 from tests.support.services import FEEDLINE
 from tests.support.wait import wait_for
 
@@ -45,10 +47,12 @@ def _free(port: int) -> bool:
 
 
 def free_port_offset() -> int:
-    """An offset that puts every service's default port on a free port."""
-    for _ in range(200):
-        offset = random.randrange(10000, 50000, 10)
-        if all(_free(port + offset) for port in DEFAULT_PORTS.values()):
+    """An offset that puts every service's default port (and the dashboard's) on a free
+    port outside the ephemeral range, where no outgoing connection can take it."""
+    ports = [*DEFAULT_PORTS.values(), DASHBOARD_PORT]
+    for _ in range(2000):
+        offset = random.randrange(2000, PORT_OFFSET_MAX + 1, 10)
+        if all(pickable(p + offset) and _free(p + offset) for p in ports):
             return offset
     raise RuntimeError("no free port offset found")
 

@@ -1,12 +1,9 @@
-"""Free loopback ports for the servers tests start."""
+"""Free loopback ports for the servers tests start: `feedline.dev.ports`, which picks
+them outside the kernel's ephemeral range (no outgoing connection can take one
+between the pick and the server's bind)."""
 
 from __future__ import annotations
 
-import socket
+from feedline.dev.ports import PORT_OFFSET_MAX, free_port, free_ports, pickable
 
-
-def free_port() -> int:
-    """A free loopback port (the tiny race with other processes is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["PORT_OFFSET_MAX", "free_port", "free_ports", "pickable"]

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from feedline.dev.ports import free_port
+
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 MISSING_MESSAGE = (
     f"RabbitMQ is not installed ({RABBITMQ_SERVER} is missing), and a subscription reads "
@@ -53,13 +55,6 @@ PR_SET_PDEATHSIG = 1
 
 class BrokerError(RuntimeError):
     """The node cannot be started (not installed, exited early, not ready in time)."""
-
-
-def free_port() -> int:
-    """A free loopback port (the tiny race with other processes is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int) -> bool:

@@ -52,6 +52,7 @@ from feedline.dev.manifests import (
     read_folder,
 )
 from feedline.dev.plan import Layout
+from feedline.dev.ports import free_ports
 from feedline.dev.restarts import describe_exit
 from feedline.dev.status import ServiceStatus, SubscriptionStatus
 from feedline.dev.supervisor import (
@@ -59,7 +60,6 @@ from feedline.dev.supervisor import (
     DevError,
     Worker,
     base_environment,
-    free_ports,
     start_services,
     stop_all,
 )

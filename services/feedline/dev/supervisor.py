@@ -28,7 +28,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ import httpx
 from feedline.dev import plan
 from feedline.dev.manifests import Folder, LoadedSubscription
 from feedline.dev.plan import Layout, ProcessSpec
+from feedline.dev.ports import free_port, port_in_use
 from feedline.dev.restarts import Backoff, crash_line, describe_exit
 from feedline.dev.schedule import next_run
 from feedline.dev.status import SubscriptionStatus
@@ -66,35 +66,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child after fo
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def free_ports(host: str, names: list[str]) -> dict[str, int]:
-    """A distinct free port for each name (every socket bound at once), on ``host``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with contextlib.ExitStack() as stack:
-        ports = {}
-        for name in names:
-            sock = stack.enter_context(socket.socket(family))
-            sock.bind((host, 0))
-            ports[name] = int(sock.getsockname()[1])
-    return ports
-
-
-def port_in_use(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _open_log(spec: ProcessSpec) -> BinaryIO:
