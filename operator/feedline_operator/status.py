@@ -147,7 +147,14 @@ def is_newer(run: Run, status: Mapping[str, Any]) -> bool:
     status write itself is skipped when nothing changed). A finished pod's
     report is newer with a later completionTime. A different pod counts
     unless it finished earlier.
+
+    A ``Locked`` run is never news: it found another run of the subscription
+    holding the lock and applied nothing, and that other run reports its own
+    outcome. (A run-now Job can overlap the CronJob's scheduled run; the one
+    that lost the race would otherwise hide the one that did the work.)
     """
+    if run.outcome == Outcome.LOCKED:
+        return False
     last = status.get("lastRun") or {}
     if not last:
         return True

@@ -92,6 +92,27 @@ def test_only_newer_runs_count() -> None:
     assert status.is_newer(later, current)
 
 
+def test_a_run_that_found_the_lock_held_does_not_hide_the_run_that_held_it() -> None:
+    """A run-now Job that overlaps the scheduled run exits Locked; lastRun stays the worker's."""
+    worker = status.parse_summary("s-29936671-abc", _summary(processed=3))
+    assert worker is not None
+    current = status.with_run({}, worker, generation=1, now=T0)
+    locked = status.parse_summary(
+        "s-now-1-def",
+        _summary(
+            outcome="Locked",
+            position=None,
+            head=None,
+            lag=None,
+            processed=0,
+            completionTime="2024-05-01T10:00:05Z",  # finished after the worker
+        ),
+    )
+    assert locked is not None
+    assert not status.is_newer(locked, current)
+    assert not status.is_newer(locked, {})
+
+
 def test_a_running_followers_reports_keep_moving_the_status() -> None:
     """A follower never completes: each report from its pod is news, until it finishes."""
     running = {"completionTime": None, "outcome": "CaughtUp"}
