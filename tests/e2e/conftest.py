@@ -31,6 +31,7 @@ from tests.support.podman import build_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHARTS = REPO_ROOT / "charts"
+E2E_TIER = Path(__file__).resolve().parent
 IMAGE = "feedline:0.1.0"  # the charts' default repository and appVersion
 POSTGRES_IMAGE = "localhost/feedline-postgres:15-bookworm"  # values-node.yaml
 # `make e2e` builds and pushes the images before pytest; set to skip it here.
@@ -48,16 +49,22 @@ _CLUSTER_KEY = pytest.StashKey[E2ECluster]()
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The node lifecycle test starts and stops a node of its own: before the
-    # session's node exists. helm uninstall ends the demo: after every other test.
+    # tier's node exists. helm uninstall ends the demo: after every other e2e
+    # test. Reordered among the tier's own slots only, so the tier stays in
+    # one block and its node (package-scoped) stops when the tier ends: the
+    # other tiers' figures are not taken beside a node's pods and CronJobs.
     def order(item: pytest.Item) -> int:
         if "test_node_lifecycle" in item.nodeid:
             return 0
         return 2 if "test_uninstall" in item.nodeid else 1
 
-    items.sort(key=order)
+    slots = [i for i, item in enumerate(items) if item.path.is_relative_to(E2E_TIER)]
+    ordered = sorted((items[i] for i in slots), key=order)
+    for slot, item in zip(slots, ordered, strict=True):
+        items[slot] = item
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[E2ECluster]:
@@ -82,7 +89,7 @@ def e2e_cluster(
         pytest.fail(str(err), pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node_images(e2e_cluster: E2ECluster) -> None:
     """On the node: the feedline and PostgreSQL images, built with podman and
     pushed to its registry (pods pull them under the charts' names)."""
@@ -116,7 +123,7 @@ class Demo:
         return self.forwards.url(self.namespace, service)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo(
     e2e_cluster: E2ECluster, node_images: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Demo]:
