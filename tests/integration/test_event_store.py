@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from feedline.chassis.app import create_tables
-from feedline.chassis.eventstore import EventStore, NewEvent
+from feedline.chassis.eventstore import EventStore, NewEvent, render_event
 from feedline.services.special_offers import metadata as offers_metadata
 from feedline.services.special_offers import offers
 from feedline_contracts.database import connect_database
@@ -59,6 +59,33 @@ async def test_a_failed_command_leaves_neither_data_nor_events(database_url: str
         occurred_at = datetime.fromisoformat(second["occurredAt"])
         assert second["occurredAt"].endswith("Z")
         assert abs(occurred_at - datetime.now(UTC)) < timedelta(minutes=1)
+    finally:
+        await database.dispose()
+
+
+async def test_appended_events_are_stored_exactly_as_render_event_renders_them(
+    database_url: str,
+) -> None:
+    """PostgreSQL numbers and joins each event's JSON in SQL; SQLite renders it in Python:
+    both must store, byte for byte, what render_event makes of the event and its number."""
+    database = connect_database(database_url)
+    await create_tables(database, [offers_metadata])
+    store = EventStore(database)
+    content = {"text": 'ü \\ "x" \u2028 \t', "big": 2**63 - 1, "f": 1.5, "none": None}
+    batch = [NewEvent(f"Event.{n}:v2", {**content, "n": [n, {"k": "v"}]}) for n in range(25)]
+    try:
+        async with store.transaction() as connection:
+            assert await store.append(connection, [NewEvent("First")]) == [1]
+            assert await store.append(connection, batch) == list(range(2, 27))
+        async with store.transaction() as connection:
+            assert await store.append(connection, [NewEvent("Later", content)]) == [27]
+        appended = [NewEvent("First"), *batch, NewEvent("Later", content)]
+        page = await store.read_page(1, None, 100, None)
+        rendered = [
+            render_event(number, served["occurredAt"], event)
+            for number, (served, event) in enumerate(zip(page.events, appended, strict=True), 1)
+        ]
+        assert page.body == ("[" + ",".join(rendered) + "]").encode()
     finally:
         await database.dispose()
 
