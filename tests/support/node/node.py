@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -20,6 +19,7 @@ from typing import IO
 
 import yaml
 
+from feedline.dev.ports import port_in_use
 from tests.support.kube.binaries import BUILD_SCRIPT, Binaries, find_binaries
 from tests.support.kube.controlplane import (
     Component,
@@ -157,16 +157,6 @@ class NodeLock:
 # --- the node ----------------------------------------------------------------------
 
 
-def _port_free(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - our own loopback URL
@@ -247,7 +237,7 @@ class Node:
                 ("127.0.0.1", layout.KUBE_PROXY_HEALTHZ_PORT),
                 ("127.0.0.1", layout.SCHEDULER_PORT),
             )
-            if not _port_free(addr, port)
+            if port_in_use(addr, port)
         ]
         if busy:
             raise NodeError(f"ports in use, needed by the node: {', '.join(busy)}")
