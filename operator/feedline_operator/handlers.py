@@ -126,7 +126,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.event("", "v1", "pods", labels=POD_FILTER, registry=registry)
     def pod_changed(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-        """A finished subscriber pod: its termination message is the run's summary."""
+        """A finished subscriber pod: its termination message is the run's summary, and
+        a run-now that waited for it starts now."""
         observation.observe_pod(memo.kube, body, logger)
+        parent = reconcile.pending_run_now(memo.kube, body)
+        if parent is not None:
+            reconcile_traced(memo.kube, parent, logger, "run-now")
 
     return registry

@@ -21,7 +21,7 @@ import kopf
 import pydantic
 
 from feedline_contracts.eventsubscription import EventSubscription, SecretKeyRef
-from feedline_operator import builders, metrics, names
+from feedline_operator import builders, metrics, names, observation
 from feedline_operator.compare import differences
 from feedline_operator.kube import ApiError, Kube, object_path
 from feedline_operator.reporting import Logger, as_body
@@ -44,6 +44,7 @@ class Outcome:
     child_name: str | None = None
     actions: list[str] = field(default_factory=list)
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (reason, message): Normal Events
 
 
 class ChildConflictError(Exception):
@@ -148,6 +149,39 @@ def run_now(
     return f"created Job {job['metadata']['name']} (run-now)"
 
 
+def run_in_progress(kube: Kube, sub: EventSubscription) -> str | None:
+    """The name of a subscriber pod of ``sub`` that is running, if one is.
+
+    A run started beside it would find the subscription's lock held and exit
+    ``Locked``, applying nothing: so run-now waits for it, as `feedline dev`'s
+    run-now does. A pod still Pending does not count: it has not taken the lock,
+    and if it takes it second, it is that pod that exits Locked.
+    """
+    for pod in observation.list_subscriber_pods(kube, sub.namespace, sub.name):
+        if (pod.get("status") or {}).get("phase") == "Running":
+            return str(pod["metadata"]["name"])
+    return None
+
+
+def pending_run_now(kube: Kube, pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The subscription of a subscriber pod that has just finished, if it has a run-now
+    request waiting (for that pod, or another run, to end); else None."""
+    if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+        return None
+    metadata = pod.get("metadata") or {}
+    owner = (metadata.get("labels") or {}).get(names.LABEL_SUBSCRIPTION)
+    if owner is None:
+        return None
+    parent = kube.get(
+        object_path(names.API_VERSION, names.KIND, metadata.get("namespace") or "", owner)
+    )
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
+        return None
+    if names.ANNOTATION_RUN_NOW not in (parent["metadata"].get("annotations") or {}):
+        return None
+    return parent
+
+
 def clear_run_now(kube: Kube, sub: EventSubscription) -> None:
     path = object_path(names.API_VERSION, names.KIND, sub.namespace, sub.name)
     try:
@@ -177,15 +211,25 @@ def reconcile(
 
     request = (annotations or {}).get(names.ANNOTATION_RUN_NOW)
     if request is not None:
-        if sub.spec.mode == "CronJob":
-            started = run_now(kube, sub, defaults, request)
-            if started:
-                outcome.actions.append(started)
-        else:
+        if sub.spec.mode != "CronJob":
             outcome.warnings.append(
                 ("RunNowIgnored", "run-now applies to mode CronJob; a follower is always running")
             )
-        clear_run_now(kube, sub)
+            clear_run_now(kube, sub)
+        elif (running := run_in_progress(kube, sub)) is not None:
+            # The annotation stays: the pod's end reconciles again (handlers.pod_changed).
+            outcome.notes.append(
+                (
+                    "RunNowWaiting",
+                    f"run-now waits for {running}, a run of this subscription in "
+                    "progress, to finish (a run beside it would find the lock held)",
+                )
+            )
+        else:
+            started = run_now(kube, sub, defaults, request)
+            if started:
+                outcome.actions.append(started)
+            clear_run_now(kube, sub)
 
     problems = missing_secrets(kube, sub)
     if problems:
@@ -234,6 +278,10 @@ def reconcile_and_report(
         logger.info(action)
         metrics.CHILD_CHANGES.labels(action=action.split(" ", 1)[0]).inc()
         kopf.info(as_body(body), reason="Reconciled", message=action)
+    for reason, message in outcome.notes:
+        logger.info(message)
+        # Posted whatever settings.posting.level says (it keeps handler logs out of Events).
+        kopf.event(as_body(body), type="Normal", reason=reason, message=message)
     for reason, message in outcome.warnings:
         kopf.warn(as_body(body), reason=reason, message=message)
     result = "ready" if outcome.ready else "notready"

@@ -381,6 +381,68 @@ def _run_now_creates_a_job_and_clears_the_annotation(
     )
 
 
+@pytest.mark.usefixtures("read_model_secret")
+def test_run_now_waits_for_a_run_in_progress_then_starts(
+    kube_api: client.ApiClient, namespace: str, operator_kubeconfig: Path
+) -> None:
+    """A run started beside a running one would exit Locked and apply nothing: the
+    operator waits for the running pod to finish, then creates the run-now Job."""
+    config = dataclasses.replace(
+        operator_config(operator_kubeconfig, namespace), resync_seconds=600
+    )
+    with OperatorThread(config):
+        create(kube_api, namespace, subscription("s"))
+        child = wait_for(lambda: cronjob(kube_api, namespace, "s"), timeout=20)
+        labels = child["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+        core = apis.core(kube_api)
+        # The scheduled run's pod, as a kubelet would report it (this tier has none).
+        running = "s-29936671-abcde"
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": running, "labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "subscriber", "image": "feedline:0.1.0"}],
+                },
+            },
+        )
+        core.patch_namespaced_pod_status(running, namespace, {"status": {"phase": "Running"}})
+        apis.custom(kube_api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "s",
+            {"metadata": {"annotations": {"feedline.dev/run-now": "after"}}},
+        )  # fmt: skip
+
+        def waiting_events() -> list[Any]:
+            events = core.list_namespaced_event(namespace).items
+            return [e for e in events if e.reason == "RunNowWaiting"]
+
+        (event, *_) = wait_for(waiting_events, timeout=10, interval=0.1, what="RunNowWaiting")
+        assert running in event.message
+        selector = "feedline.dev/subscription=s"
+
+        def jobs() -> list[Any]:
+            return list(
+                apis.batch(kube_api).list_namespaced_job(namespace, label_selector=selector).items
+            )
+
+        assert jobs() == []
+        annotations = get(kube_api, namespace, "s")["metadata"].get("annotations") or {}
+        assert annotations.get("feedline.dev/run-now") == "after"
+        # The run in progress ends: the run asked for starts now (the resync is 600 s away).
+        core.patch_namespaced_pod_status(running, namespace, {"status": {"phase": "Succeeded"}})
+        (job,) = wait_for(jobs, timeout=10, interval=0.1, what="the run-now Job")
+        assert job.metadata.annotations["feedline.dev/run-now-request"] == "after"
+        wait_for(
+            lambda: (
+                "feedline.dev/run-now"
+                not in (get(kube_api, namespace, "s")["metadata"].get("annotations") or {})
+            ),
+            timeout=20,
+            what="annotation cleared",
+        )
+
+
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
     kube_api: client.ApiClient, namespace: str, operator_kubeconfig: Path, read_model_secret: str
 ) -> None:
