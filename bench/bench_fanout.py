@@ -98,6 +98,7 @@ from bench.serving import (
     raise_fd_limit,
     service_process,
 )
+from bench.summary import summary_line
 
 SERVICE = "special-offers"
 DEFAULT_PAGE = 10_000
@@ -568,6 +569,38 @@ def report(figures: Figures) -> None:
         f"{figures.events:,} events"
         + ("; the subscriber's read model held exactly its rows" if figures.subscriber else "")
     )
+    print(summary_line("bench_fanout", headline(figures)))
+
+
+def headline(figures: Figures) -> list[dict[str, object]]:
+    """Per reader count: events/s and the service's CPU per event, direct; with the
+    cache warm, the share of GETs that reached the service and its CPU over direct."""
+    by = {(run.readers, run.path): run for run in figures.runs}
+    found: list[dict[str, object]] = []
+    for (readers, path), run in by.items():
+        if path == "direct":
+            found.append(
+                {
+                    "name": f"fanout {readers} readers direct",
+                    "value": round(run.rate),
+                    "unit": "events/s",
+                    "detail": f"service {significant(run.service_microseconds_per_event, 4)} "
+                    "µs CPU per event served",
+                }
+            )
+        elif path == "cache, warm":
+            direct = by[(readers, "direct")]
+            found.append(
+                {
+                    "name": f"fanout {readers} readers warm cache",
+                    "value": round(run.service_cpu / direct.service_cpu, 4),
+                    "unit": "x direct",
+                    "detail": f"service CPU {run.service_cpu:.3f} / {direct.service_cpu:.3f} s; "
+                    f"{run.origin.requests:,.0f} GETs reached the service, "
+                    f"{run.origin.events:,.0f} events",
+                }
+            )
+    return found
 
 
 def reader_counts(text: str) -> list[int]:

@@ -81,6 +81,7 @@ from bench.serving import (
     rss_bytes,
     service_process,
 )
+from bench.summary import summary_line
 from feedline_contracts.feed_v1 import feed_pb2, feed_pb2_grpc
 
 SERVICE = "special-offers"
@@ -446,6 +447,38 @@ def report(figures: Figures) -> None:
         "checks passed: no follower was answered before the commit; every follower got exactly "
         "the committed event (its sequence number and offer), nothing else"
     )
+    print(summary_line("bench_longpoll", headline(figures)))
+
+
+def headline(figures: Figures) -> list[dict[str, object]]:
+    """Per transport and follower count: p50 over the 1-follower floor, p99, memory per
+    waiting follower and the service's CPU per follower woken."""
+    found: list[dict[str, object]] = []
+    for transport, rounds in figures.rounds.items():
+        floor = statistics.median(r.latencies[0] for r in figures.floors[transport])
+        for result in rounds:
+            p50 = percentile(result.latencies, 50)
+            p99 = percentile(result.latencies, 99)
+            name = f"longpoll {transport} {result.followers:,}"
+            found += [
+                {
+                    "name": f"{name} p50 / floor",
+                    "value": round(p50 / floor, 4),
+                    "unit": "ratio",
+                    "detail": f"{ms(p50)} / {ms(floor)} ms; p99 {ms(p99)} ms",
+                },
+                {
+                    "name": f"{name} memory per follower",
+                    "value": round(result.memory_per_follower / 1024, 1),
+                    "unit": "KiB",
+                },
+                {
+                    "name": f"{name} CPU per follower woken",
+                    "value": significant(result.wake_service_cpu / result.followers * 1e6, 4),
+                    "unit": "µs",
+                },
+            ]
+    return found
 
 
 def cli() -> None:

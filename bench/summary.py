@@ -46,6 +46,12 @@ class Figure:
     detail: str = ""
 
 
+def summary_line(module: str, figures: Sequence[dict[str, object]]) -> str:
+    """The ``SUMMARY {json}`` line a benchmark ends with: its headline figures, each
+    ``{"name", "value", "unit", "detail"?}``."""
+    return SUMMARY_PREFIX + orjson.dumps({"module": module, "figures": list(figures)}).decode()
+
+
 def _number(text: str) -> str:
     return text.replace(",", "")
 
@@ -107,11 +113,11 @@ def figures_from(source: str, lines: Sequence[str]) -> list[Figure]:
 
 
 def table(figures: Sequence[Figure], unread: Sequence[str]) -> list[str]:
-    lines = [f"{'benchmark':18}{'figure':46}{'value':>12}  {'unit':8}detail"]
+    lines = [f"{'benchmark':18}{'figure':46}{'value':>12}  {'unit':10}detail"]
     for figure in figures:
         lines.append(
             f"{figure.source[:18]:18}{figure.name[:46]:46}{figure.value:>12}  "
-            f"{figure.unit:8}{figure.detail}"
+            f"{figure.unit:10}{figure.detail}"
         )
     lines.extend(f"{source}: no figure found in its output" for source in unread)
     return lines
