@@ -47,12 +47,20 @@ def raise_fd_limit(needed: int) -> str:
     )
 
 
+def _cmdline(process: psutil.Process) -> list[str]:
+    """A process's command line; empty if it ended meanwhile (a backend that exited)."""
+    try:
+        return list(process.cmdline())
+    except psutil.Error:
+        return []
+
+
 def child_process(*words: str) -> psutil.Process:
     """The one child of this process (any depth) whose command line holds every word."""
     found = [
         child
         for child in psutil.Process().children(recursive=True)
-        if all(word in child.cmdline() for word in words)
+        if all(word in _cmdline(child) for word in words)
     ]
     if len(found) != 1:
         raise CheckError(f"expected one child process running {' '.join(words)}, found {found}")
@@ -66,11 +74,11 @@ def service_process(base_url: str) -> psutil.Process:
 
 def postgres_process(port: int) -> psutil.Process:
     """The postmaster of a throwaway PostgreSQL server (tests.support.postgres) on ``port``."""
-    found = [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if child.name() == "postgres" and "-p" in child.cmdline() and str(port) in child.cmdline()
-    ]
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        argv = _cmdline(child)  # a backend's is its title ("postgres: user db ..."), not a path
+        if argv and Path(argv[0]).name == "postgres" and "-p" in argv and str(port) in argv:
+            found.append(child)
     if len(found) != 1:
         raise CheckError(f"expected one postmaster on port {port}, found {found}")
     return found[0]
