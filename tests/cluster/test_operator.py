@@ -337,6 +337,25 @@ def test_broker_subscription_gets_its_url_by_reference_and_waits_for_its_secret(
     wait_condition(kube_api, namespace, "s", "Ready", "True", timeout=30)
 
 
+def request_run_now(api: client.ApiClient, namespace: str, name: str, request: str) -> None:
+    """`kubectl annotate evsub NAME feedline.dev/run-now=REQUEST`."""
+    apis.custom(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name,
+        {"metadata": {"annotations": {"feedline.dev/run-now": request}}},
+    )  # fmt: skip
+
+
+def wait_run_now_cleared(api: client.ApiClient, namespace: str, name: str) -> None:
+    wait_for(
+        lambda: (
+            "feedline.dev/run-now"
+            not in (get(api, namespace, name)["metadata"].get("annotations") or {})
+        ),
+        timeout=20,
+        what="annotation cleared",
+    )
+
+
 @pytest.mark.usefixtures("read_model_secret")
 def test_run_now_creates_a_job_and_clears_the_annotation(
     kube_api: client.ApiClient, namespace: str, operator_kubeconfig: Path
@@ -354,10 +373,7 @@ def _run_now_creates_a_job_and_clears_the_annotation(
 ) -> None:
     create(kube_api, namespace, subscription("s"))
     wait_for(lambda: cronjob(kube_api, namespace, "s"), timeout=20)
-    apis.custom(kube_api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, "s",
-        {"metadata": {"annotations": {"feedline.dev/run-now": "first"}}},
-    )  # fmt: skip
+    request_run_now(kube_api, namespace, "s", "first")
     selector = "feedline.dev/subscription=s"
     # Within 5 s (docs/eventsubscription.md: "within seconds"); the resync timer
     # is 600 s here, so only the annotation's own update can start the Job.
@@ -371,14 +387,7 @@ def _run_now_creates_a_job_and_clears_the_annotation(
     assert jobs[0].metadata.annotations["feedline.dev/run-now-request"] == "first"
     spec = jobs[0].spec.template.spec
     assert spec.containers[0].command == ["feedline", "subscribe"]
-    wait_for(
-        lambda: (
-            "feedline.dev/run-now"
-            not in (get(kube_api, namespace, "s")["metadata"].get("annotations") or {})
-        ),
-        timeout=20,
-        what="annotation cleared",
-    )
+    wait_run_now_cleared(kube_api, namespace, "s")
 
 
 @pytest.mark.usefixtures("read_model_secret")
@@ -408,10 +417,7 @@ def test_run_now_waits_for_a_run_in_progress_then_starts(
             },
         )
         core.patch_namespaced_pod_status(running, namespace, {"status": {"phase": "Running"}})
-        apis.custom(kube_api).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, "s",
-            {"metadata": {"annotations": {"feedline.dev/run-now": "after"}}},
-        )  # fmt: skip
+        request_run_now(kube_api, namespace, "s", "after")
 
         def waiting_events() -> list[Any]:
             events = core.list_namespaced_event(namespace).items
@@ -433,14 +439,7 @@ def test_run_now_waits_for_a_run_in_progress_then_starts(
         core.patch_namespaced_pod_status(running, namespace, {"status": {"phase": "Succeeded"}})
         (job,) = wait_for(jobs, timeout=10, interval=0.1, what="the run-now Job")
         assert job.metadata.annotations["feedline.dev/run-now-request"] == "after"
-        wait_for(
-            lambda: (
-                "feedline.dev/run-now"
-                not in (get(kube_api, namespace, "s")["metadata"].get("annotations") or {})
-            ),
-            timeout=20,
-            what="annotation cleared",
-        )
+        wait_run_now_cleared(kube_api, namespace, "s")
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(
