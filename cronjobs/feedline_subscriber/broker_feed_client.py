@@ -400,13 +400,22 @@ class BrokerFeedClient:
                 broker=self.broker.redacted(),
             )
             self._source = "http"
-        page = await self.http.fetch(start, limit, wait=wait)
+        page = await self.http.fetch(start, limit, wait=self._until_broker_retry(wait))
         self._http_head = max(self._http_head or 0, page.head)
         self._count("http", len(page.events))
         head = self._head_now()
         if head == page.head:
             return page
         return Page(start=page.start, events=page.events, next_start=page.next_start, head=head)
+
+    def _until_broker_retry(self, wait: float) -> float:
+        """A long poll over HTTP ends when the broker is due to be tried again: the
+        retry the warning announced happens then, not after the whole ``wait`` (a
+        follower that started before the relay created the stream would otherwise
+        long-poll the HTTP feed for ``--feed-wait-seconds`` at a time)."""
+        if not math.isfinite(self._retry_at):
+            return wait
+        return min(wait, max(self._retry_at - time.monotonic(), 0.0))
 
     def _count(self, source: str, events: int) -> None:
         self.events_from[source] += events

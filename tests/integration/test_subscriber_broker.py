@@ -24,8 +24,10 @@ import pytest
 from feedline.chassis.eventstore import EventStore, NewEvent
 from feedline_contracts.broker import parse_stream_url
 from feedline_contracts.database import connect_database
+from feedline_contracts.feed import MAX_WAIT_SECONDS
 from tests.support.ports import free_port
 from tests.support.rabbitmq import RabbitMQNode, StreamReader
+from tests.support.services import running_service
 from tests.support.subscriber_broker import (
     STREAM,
     broker_env,
@@ -333,6 +335,36 @@ async def test_a_relay_killed_mid_publish_and_restarted_while_a_follower_reads(
     counts = await applied_counts(read_model, "through-it-all")
     assert counts == {n: 1 for n in range(1, total + 501)}
     assert await read_offers(read_model) == oracle(events)
+
+
+async def test_a_follower_started_before_its_stream_exists_tries_the_broker_when_it_said(
+    tmp_path: Path, rabbitmq: RabbitMQNode
+) -> None:
+    """The stream is missing (no relay has created it yet): the follower reads over
+    HTTP, and its long poll ends when the broker is due again ("retry in N s", at
+    most MAX_BACKOFF_SECONDS), not after the whole --feed-wait-seconds."""
+    from feedline_subscriber.broker_feed_client import BrokerFeedClient
+    from feedline_subscriber.feed_transport import MAX_BACKOFF_SECONDS
+
+    service_db = f"sqlite:///{tmp_path / 'special-offers.db'}"
+    wait = MAX_WAIT_SECONDS  # the longest long poll the feed allows
+    with running_service("special-offers", service_db) as base_url:
+        client = BrokerFeedClient(
+            f"{base_url}/events",
+            broker=parse_stream_url(rabbitmq.stream_url),
+            stream="feedline.events.no-such-stream",
+            follow=True,
+        )
+        try:
+            began = time.monotonic()
+            page = await client.fetch(1, 10, wait=wait)
+            took = time.monotonic() - began
+        finally:
+            await client.aclose()
+    assert page.events == []
+    # Without the cap the empty feed's long poll lasts until the feed ends it.
+    assert took < MAX_BACKOFF_SECONDS + 5 < wait, f"the long poll lasted {took:.1f} s"
+    assert client.events_from == {"stream": 0, "http": 0}
 
 
 async def test_wrong_broker_credentials_are_refused_at_once_naming_the_broker(
