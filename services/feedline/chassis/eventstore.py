@@ -222,6 +222,22 @@ _APPEND_POSTGRESQL = text(
 )
 
 
+@dataclass(frozen=True)
+class _Stamp:
+    """What every event of one append shares: when, as a timestamp and as its JSON text,
+    and the trace it was made in."""
+
+    now: datetime
+    occurred_at: str
+    traceparent: str | None
+
+    @classmethod
+    def taken_now(cls) -> _Stamp:
+        now = datetime.now(UTC)
+        traceparent = traceparent_of()  # the append span's, or the request's, or None
+        return cls(now, now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), traceparent)
+
+
 class EventStore:
     def __init__(self, database: Database, *, telemetry: Telemetry | None = None) -> None:
         self.database = database
@@ -275,25 +291,16 @@ class EventStore:
         return numbers
 
     async def _append(self, connection: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
-        traceparent = traceparent_of()  # the append span's, or the request's, or None
-        now = datetime.now(UTC)
-        occurred_at = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = _Stamp.taken_now()
         if self.database.dialect == "postgresql":
-            numbers = await self._append_postgresql(
-                connection, events, now, occurred_at, traceparent
-            )
+            numbers = await self._append_postgresql(connection, events, stamp)
         else:
-            numbers = await self._append_sqlite(connection, events, now, occurred_at, traceparent)
+            numbers = await self._append_sqlite(connection, events, stamp)
         connection.info[_APPENDED] = True
         return numbers
 
     async def _append_postgresql(
-        self,
-        connection: AsyncConnection,
-        events: Sequence[NewEvent],
-        now: datetime,
-        occurred_at: str,
-        traceparent: str | None,
+        self, connection: AsyncConnection, events: Sequence[NewEvent], stamp: _Stamp
     ) -> list[int]:
         await connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK_KEY}
@@ -302,12 +309,13 @@ class EventStore:
             await connection.execute(
                 _APPEND_POSTGRESQL,
                 {
-                    "occurred_at": now,
+                    "occurred_at": stamp.now,
                     "json_start": EVENT_JSON_START,
-                    "traceparent": traceparent,
+                    "traceparent": stamp.traceparent,
                     "names": [event.name for event in events],
                     "rests": [
-                        render_event_rest(occurred_at, event, traceparent) for event in events
+                        render_event_rest(stamp.occurred_at, event, stamp.traceparent)
+                        for event in events
                     ],
                     # Delivered at commit to every replica's listener (dropped on rollback).
                     "channel": NOTIFY_CHANNEL,
@@ -317,12 +325,7 @@ class EventStore:
         return list(range(first, last + 1))
 
     async def _append_sqlite(
-        self,
-        connection: AsyncConnection,
-        events: Sequence[NewEvent],
-        now: datetime,
-        occurred_at: str,
-        traceparent: str | None,
+        self, connection: AsyncConnection, events: Sequence[NewEvent], stamp: _Stamp
     ) -> list[int]:
         # The transaction began with BEGIN IMMEDIATE: no other writer until it ends.
         last = (
@@ -336,10 +339,10 @@ class EventStore:
             [
                 {
                     "sequence_number": number,
-                    "occurred_at": now,
+                    "occurred_at": stamp.now,
                     "name": new.name,
-                    "event_json": render_event(number, occurred_at, new, traceparent),
-                    "traceparent": traceparent,
+                    "event_json": render_event(number, stamp.occurred_at, new, stamp.traceparent),
+                    "traceparent": stamp.traceparent,
                 }
                 for number, new in zip(numbers, events, strict=True)
             ],
