@@ -23,7 +23,7 @@ import kopf
 from feedline_contracts.telemetry import telemetry_from_env
 from feedline_operator import names, observation, reconcile, startup
 from feedline_operator.config import OperatorConfig
-from feedline_operator.kube import Kube, object_path
+from feedline_operator.kube import Kube
 from feedline_operator.reporting import Logger
 
 EVSUB = (names.GROUP, names.VERSION, names.PLURAL)
@@ -115,8 +115,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             return  # type None: the initial listing, which resume handlers cover
         kube: Kube = memo.kube
         namespace = body.metadata.namespace or ""
-        parent = kube.get(object_path(names.API_VERSION, names.KIND, namespace, owner))
-        if parent is None or parent["metadata"].get("deletionTimestamp"):
+        parent = reconcile.live_subscription(kube, namespace, owner)
+        if parent is None:
             return
         if reconcile.child_drifted(type, body, parent, config.defaults):
             logger.info(

@@ -172,12 +172,18 @@ def pending_run_now(kube: Kube, pod: Mapping[str, Any]) -> dict[str, Any] | None
     owner = (metadata.get("labels") or {}).get(names.LABEL_SUBSCRIPTION)
     if owner is None:
         return None
-    parent = kube.get(
-        object_path(names.API_VERSION, names.KIND, metadata.get("namespace") or "", owner)
-    )
-    if parent is None or parent["metadata"].get("deletionTimestamp"):
+    parent = live_subscription(kube, metadata.get("namespace") or "", owner)
+    if parent is None:
         return None
     if names.ANNOTATION_RUN_NOW not in (parent["metadata"].get("annotations") or {}):
+        return None
+    return parent
+
+
+def live_subscription(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    """The EventSubscription ``namespace/name``; None if it is gone or being deleted."""
+    parent = kube.get(object_path(names.API_VERSION, names.KIND, namespace, name))
+    if parent is None or parent["metadata"].get("deletionTimestamp"):
         return None
     return parent
 

@@ -63,7 +63,7 @@ def free_ports(host: str, names: list[str]) -> dict[str, int]:
     Every socket stays bound until all are picked, so no two names share a port.
     """
     ephemeral = ephemeral_range()
-    pool = [p for p in range(LOWEST_PICKED_PORT, 65536) if pickable(p, ephemeral)]
+    pool = [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral]
     if not pool:  # an ephemeral range that covers everything: the kernel's pick it is
         pool = [0]
     ports: dict[str, int] = {}
