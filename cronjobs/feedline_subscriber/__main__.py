@@ -6,7 +6,7 @@ from feedline_subscriber.command import subscribe
 
 
 def main() -> None:
-    app = typer.Typer(add_completion=False)
+    app = typer.Typer(add_completion=False, rich_markup_mode="markdown")  # as `feedline`
     app.command("subscribe")(subscribe)
 
     @app.callback()

@@ -21,6 +21,9 @@ app = typer.Typer(
     help="Event feeds between microservices: serve services, run subscribers, run the operator.",
     no_args_is_help=True,
     add_completion=False,
+    # markdown: help paragraphs are re-wrapped to the terminal ("rich" keeps every
+    # line break of the docstring, so a paragraph came out ragged at 80 columns).
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 
@@ -268,6 +271,7 @@ dev_app = typer.Typer(
     cls=DevGroup,
     help="Run the example services and every EventSubscription of DIR locally (no Kubernetes).",
     add_completion=False,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 app.add_typer(dev_app, name="dev")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,46 @@ def test_serve_help_documents_the_default_database_and_the_exit_codes() -> None:
     assert "Exit codes: 0 stopped" in text
     assert "2 bad flags or settings" in text
     assert "3 the database cannot be used" in text
+
+
+HELP_COMMANDS = [
+    [],
+    ["serve"],
+    ["subscribe"],
+    ["operator"],
+    ["new-service"],
+    ["dev", "up"],
+    ["dev", "run-now"],
+]
+
+
+def _prose_paragraphs(output: str) -> list[list[str]]:
+    """The help's text outside the option boxes, as paragraphs of lines."""
+    paragraphs: list[list[str]] = [[]]
+    for line in output.splitlines():
+        text = line.strip()
+        if not text or text[0] in "╭│╰" or text.startswith("Usage:"):
+            paragraphs.append([])
+        else:
+            paragraphs[-1].append(text)
+    return [paragraph for paragraph in paragraphs if paragraph]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "feedline")
+def test_help_paragraphs_are_wrapped_to_the_terminal(command: list[str]) -> None:
+    """A paragraph of a command's help fills each line before it breaks: the
+    docstring's own line breaks (kept by typer's "rich" markup) made ragged text."""
+    width = 80
+    result = CliRunner().invoke(app, [*command, "--help"], terminal_width=width)
+    assert result.exit_code == 0, result.output
+    for paragraph in _prose_paragraphs(result.output):
+        for line, following in pairwise(paragraph):
+            next_word = following.split()[0]
+            # Rich indents the text by one column and keeps one free at the end.
+            assert len(line) + 1 + len(next_word) > width - 2, (
+                f"{' '.join(command)} --help broke early after {line!r} "
+                f"(the next word {next_word!r} fits)"
+            )
 
 
 def _flat(output: str) -> str:
