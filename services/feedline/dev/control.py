@@ -120,7 +120,8 @@ def ask_run_now(state_dir: Path, name: str) -> str:
         url, token, pid = document["url"], document["token"], document["pid"]
     except FileNotFoundError:
         raise ControlError(
-            f"no feedline dev is running with the state directory {state_dir} (no {path}); "
+            f"no feedline dev is running with the state directory {state_dir} (no {path}; "
+            "one that is starting writes it when its services are ready); "
             "give the folder it runs: feedline dev run-now NAME DIR (or --state-dir)"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
