@@ -210,14 +210,17 @@ def test_traces_of_requests_are_collected_and_shown(dashboard_dev: tuple[Dev, st
 
 def test_request_rate_is_scraped_and_the_overview_streams(dashboard_dev: tuple[Dev, str]) -> None:
     dev, dashboard = dashboard_dev
+
+    def points() -> list[float]:
+        series = httpx.get(f"{dashboard}/api/metrics", timeout=5).json()["series"]
+        return [v for v in series["special-offers"] if v is not None]
+
+    # A rate needs a scrape before the requests: the first one only sets the baseline
+    # (a cold CI run posted before it: the service was not up at the scrape before).
+    wait_for(points, what="a scrape of special-offers after its baseline", timeout=15)
     for number in range(10):
         post_offer(dev, f"offer {number}")
-
-    def rate() -> float:
-        series = httpx.get(f"{dashboard}/api/metrics", timeout=5).json()["series"]
-        return max((v for v in series["special-offers"] if v is not None), default=0.0)
-
-    assert wait_for(lambda: rate() > 0, what="a request rate", timeout=15) > 0
+    assert wait_for(lambda: max(points()) > 0, what="a request rate", timeout=15) > 0
     # What dev asks itself (/metrics, /events/head) is not counted: the others stay at 0.
     series = httpx.get(f"{dashboard}/api/metrics", timeout=5).json()["series"]
     assert all(v in (None, 0) for v in series["product-catalog"]), series
