@@ -149,13 +149,21 @@ def test_logs_are_filtered_by_process_level_and_request_id_and_follow_live(
     # By level: nothing below warning.
     warnings = httpx.get(f"{dashboard}/api/logs", params={"level": "warning"}, timeout=5).json()
     assert all(r["level"] in ("warning", "error", "critical") for r in warnings), warnings
-    # dev's own polling (/metrics, /events/head) is left out unless asked for.
+    # dev's own polling (/metrics, /events/head) is left out unless asked for. Once a
+    # scrape's line is there (every 2 s; the one before the service listened failed).
+    wait_for(
+        lambda: [
+            r
+            for r in httpx.get(
+                f"{dashboard}/api/logs", params={"process": "special-offers", "polling": "shown"}
+            ).json()
+            if r.get("route") == "/metrics"
+        ],
+        what="a /metrics line of the scraper",
+        timeout=15,
+    )
     everything = httpx.get(f"{dashboard}/api/logs", params={"process": "special-offers"}).json()
     assert not [r for r in everything if r.get("route") in ("/metrics", "/events/head")]
-    polling = httpx.get(
-        f"{dashboard}/api/logs", params={"process": "special-offers", "polling": "shown"}
-    ).json()
-    assert [r for r in polling if r.get("route") == "/metrics"]
     # Live: a line written after the stream opened arrives on it, as an HTML row.
     with (
         httpx.Client(timeout=httpx.Timeout(5, read=20)) as http,
