@@ -39,7 +39,9 @@ def ephemeral_range() -> range:
 
 def pickable(port: int, ephemeral: range | None = None) -> bool:
     """True for a port we may pick for a listener: high, and outside the ephemeral range."""
-    return LOWEST_PICKED_PORT <= port < 65536 and port not in (ephemeral or ephemeral_range())
+    if ephemeral is None:  # not `or`: an empty range is a range read, not a missing one
+        ephemeral = ephemeral_range()
+    return LOWEST_PICKED_PORT <= port < 65536 and port not in ephemeral
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -63,7 +65,7 @@ def free_ports(host: str, names: list[str]) -> dict[str, int]:
     Every socket stays bound until all are picked, so no two names share a port.
     """
     ephemeral = ephemeral_range()
-    pool = [p for p in range(LOWEST_PICKED_PORT, 65536) if p not in ephemeral]
+    pool = [p for p in range(LOWEST_PICKED_PORT, 65536) if pickable(p, ephemeral)]
     if not pool:  # an ephemeral range that covers everything: the kernel's pick it is
         pool = [0]
     ports: dict[str, int] = {}
