@@ -88,10 +88,10 @@ fi
 
 log() { echo "build.sh: $*" >&2; }
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null 2>&1 || { echo "build.sh: no 'go' on PATH (need Go >= 1.26)" >&2; exit 1; }
+# A Go recent enough for the modules (fetched from the Go module proxy if none is).
+# shellcheck source=../go.sh
+source "$here/../go.sh"
+use_go
 
 # run LOGNAME CMD...: run quietly into a log, fail loudly with its tail.
 run() {

@@ -43,10 +43,10 @@ if present; then
     exit 0
 fi
 
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
-    PATH="/usr/local/go/bin:$PATH"
-fi
-command -v go >/dev/null 2>&1 || { echo "toxiproxy/build.sh: no 'go' on PATH" >&2; exit 1; }
+# A Go recent enough for the modules (fetched from the Go module proxy if none is).
+# shellcheck source=../go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../go.sh"
+use_go
 
 # GOTOOLCHAIN=local: never fetch another toolchain behind our back. GOFLAGS is
 # cleared: -mod=mod is not allowed with pkg@version.
