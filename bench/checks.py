@@ -319,6 +319,28 @@ def request_delta(
     return {key: value for key, value in delta.items() if value}
 
 
+def resync_read_problems(
+    requests: Mapping[RequestKey, float],
+    resources: Iterable[str],
+    objects_times_periods: float,
+    allowed_per_object: float = 0.01,
+) -> list[str]:
+    """GETs among ``requests`` (a window's, the baseline subtracted) of ``resources``
+    that a watch-fed cache should have answered.
+
+    ``allowed_per_object`` leaves room for the rare GET that confirms a stale copy
+    (a 409 retried); a resync that reads each object's children from the API
+    sends one GET per object per resource, a hundred times more.
+    """
+    allowed = allowed_per_object * objects_times_periods
+    return [
+        f"{plain(count)} GET {resource} in a resync of {plain(objects_times_periods)} "
+        f"objects (at most {plain(allowed)}: the watch cache answers those)"
+        for resource in resources
+        if (count := requests.get(("GET", resource), 0.0)) > allowed
+    ]
+
+
 def resync_write_problems(
     requests: Mapping[RequestKey, float], resources: Iterable[str]
 ) -> list[str]:

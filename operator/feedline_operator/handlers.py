@@ -1,6 +1,7 @@
 """kopf handlers: registration only. Each reads what kopf gives and calls one module.
 
 - start-up, credentials and clean-up: `startup`;
+- the children as last watched (kopf indexes): `child_cache`;
 - children made to match the spec, drift put back: `reconcile`;
 - runs observed (finished pods, followers) into the status: `observation`.
 
@@ -14,14 +15,14 @@ with the subscription and the reason as attributes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import kopf
 
 from feedline_contracts.telemetry import telemetry_from_env
-from feedline_operator import names, observation, reconcile, startup
+from feedline_operator import child_cache, names, observation, reconcile, startup
 from feedline_operator.config import OperatorConfig
 from feedline_operator.kube import Kube
 from feedline_operator.reporting import Logger
@@ -34,6 +35,15 @@ POD_FILTER = {
 }
 BACKOFF = reconcile.RETRY_BACKOFF_SECONDS
 SERVICE_NAME = "feedline-operator"  # the default service.name of its spans
+# kopf passes every handler each index as a keyword argument named by its id.
+INDEX_IDS = {"CronJob": "cronjob_index", "Deployment": "deployment_index"}
+
+
+def watched(handler_kwargs: Mapping[str, Any]) -> child_cache.WatchedChildren:
+    """The children as the watches last saw them, from a handler's keyword arguments."""
+    return child_cache.WatchedChildren(
+        {kind: handler_kwargs[index_id] for kind, index_id in INDEX_IDS.items()}
+    )
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -57,9 +67,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         ):
             yield
 
-    def reconcile_traced(kube: Any, body: Any, logger: Logger, reason: str) -> None:
+    def reconcile_traced(
+        kube: Any, body: Any, logger: Logger, reason: str, cache: reconcile.ChildCache
+    ) -> None:
         with reconcile_span(body, reason):
-            reconcile.reconcile_and_report(kube, body, config.defaults, logger, reason)
+            reconcile.reconcile_and_report(kube, body, config.defaults, logger, reason, cache)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -75,6 +87,21 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if telemetry is not None:
             telemetry.shutdown()
 
+    # The children as the watches last saw them (read by `watched`).
+    @kopf.index(
+        "batch", "v1", "cronjobs", id=INDEX_IDS["CronJob"], labels=CHILD_FILTER, registry=registry
+    )
+    @kopf.index(
+        "apps",
+        "v1",
+        "deployments",
+        id=INDEX_IDS["Deployment"],
+        labels=CHILD_FILTER,
+        registry=registry,
+    )
+    def index_child(body: kopf.Body, **_: Any) -> dict[child_cache.ChildKey, Any]:
+        return child_cache.index_entry(body)
+
     @kopf.on.probe(id="reconciles", registry=registry)
     def probe_reconciles(**_: Any) -> float:
         return startup.reconciles_so_far()
@@ -83,9 +110,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.resume(*EVSUB, backoff=BACKOFF, registry=registry)
     @kopf.on.update(*EVSUB, backoff=BACKOFF, registry=registry)
     def reconcile_subscription(
-        body: kopf.Body, memo: Any, logger: Logger, reason: str, **_: Any
+        body: kopf.Body,
+        memo: Any,
+        logger: Logger,
+        reason: str,
+        **kwargs: Any,
     ) -> None:
-        reconcile_traced(memo.kube, body, logger, str(reason))
+        cache = watched(kwargs)
+        reconcile_traced(memo.kube, body, logger, str(reason), cache)
 
     @kopf.timer(
         *EVSUB,
@@ -93,9 +125,16 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         initial_delay=config.resync_seconds,
         registry=registry,
     )
-    def resync(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
-        """A safety net: Secrets that appeared, events the watch missed."""
-        reconcile_traced(memo.kube, body, logger, "resync")
+    def resync(
+        body: kopf.Body,
+        memo: Any,
+        logger: Logger,
+        **kwargs: Any,
+    ) -> None:
+        """A safety net: Secrets that appeared, a reconcile that failed for good. The
+        children are read from the watches' indexes, as every reconcile reads them."""
+        cache = watched(kwargs)
+        reconcile_traced(memo.kube, body, logger, "resync", cache)
 
     @kopf.timer(
         *EVSUB,
@@ -108,7 +147,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.event("batch", "v1", "cronjobs", labels=CHILD_FILTER, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER, registry=registry)
-    def child_changed(type: str, body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    def child_changed(
+        type: str,
+        body: kopf.Body,
+        memo: Any,
+        logger: Logger,
+        **kwargs: Any,
+    ) -> None:
         """Drift correction: a child deleted or edited by hand is put back at once."""
         owner = reconcile.owner_name(body)
         if owner is None or not type:
@@ -122,15 +167,22 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             logger.info(
                 f"child {body.get('kind')} {body.metadata.name} {type.lower()}: reconciling"
             )
-            reconcile_traced(kube, parent, logger, "drift")
+            cache = watched(kwargs)
+            reconcile_traced(kube, parent, logger, "drift", cache)
 
     @kopf.on.event("", "v1", "pods", labels=POD_FILTER, registry=registry)
-    def pod_changed(body: kopf.Body, memo: Any, logger: Logger, **_: Any) -> None:
+    def pod_changed(
+        body: kopf.Body,
+        memo: Any,
+        logger: Logger,
+        **kwargs: Any,
+    ) -> None:
         """A finished subscriber pod: its termination message is the run's summary, and
         a run-now that waited for it starts now."""
         observation.observe_pod(memo.kube, body, logger)
         parent = reconcile.pending_run_now(memo.kube, body)
         if parent is not None:
-            reconcile_traced(memo.kube, parent, logger, "run-now")
+            cache = watched(kwargs)
+            reconcile_traced(memo.kube, parent, logger, "run-now", cache)
 
     return registry

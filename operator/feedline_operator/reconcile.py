@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 import pydantic
@@ -51,6 +51,14 @@ class ChildConflictError(Exception):
     """An object with the child's name exists and is not ours: never take it over."""
 
 
+class ChildCache(Protocol):
+    """Children as a watch last saw them (`child_cache.WatchedChildren`): a first look
+    that sends no request. It may be stale; `ensure` and `remove_other_children`
+    confirm with a GET whatever a stale copy could get wrong."""
+
+    def last_seen(self, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
+
+
 def watched_part(manifest: Mapping[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
     return {
@@ -64,12 +72,22 @@ def _is_ours(live: Mapping[str, Any], sub: EventSubscription) -> bool:
     return any(r.get("controller") and r.get("uid") == sub.uid for r in refs)
 
 
-def ensure(kube: Kube, desired: Mapping[str, Any], sub: EventSubscription) -> str:
-    """Create the child or put it back in line; returns what it did ("" if nothing)."""
+def ensure(
+    kube: Kube, desired: Mapping[str, Any], sub: EventSubscription, cache: ChildCache | None
+) -> str:
+    """Create the child or put it back in line; returns what it did ("" if nothing).
+
+    The first look is ``cache``'s copy when there is one; every later look (after
+    a 409, or to confirm a conflict) is a GET.
+    """
     meta = desired["metadata"]
     path = object_path(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
-    for _ in range(_ATTEMPTS):
-        live = kube.get(path)
+    for attempt in range(_ATTEMPTS):
+        from_cache = attempt == 0 and cache is not None
+        if cache is not None and from_cache:
+            live = cache.last_seen(desired["kind"], meta["namespace"], meta["name"])
+        else:
+            live = kube.get(path)
         if live is None:
             try:
                 kube.create(desired)
@@ -79,6 +97,8 @@ def ensure(kube: Kube, desired: Mapping[str, Any], sub: EventSubscription) -> st
                 raise
             return f"created {desired['kind']} {meta['name']}"
         if not _is_ours(live, sub):
+            if from_cache:
+                continue  # a copy may predate an adoption or a re-creation: ask the API
             raise ChildConflictError(
                 f"{desired['kind']} {meta['name']} exists and is not owned by this subscription"
             )
@@ -97,20 +117,29 @@ def ensure(kube: Kube, desired: Mapping[str, Any], sub: EventSubscription) -> st
     raise RuntimeError(f"{desired['kind']} {meta['name']} kept changing; will retry")
 
 
-def remove_other_children(kube: Kube, sub: EventSubscription, keep_kind: str) -> list[str]:
-    """After a mode switch, the child of the other kind goes."""
+def remove_other_children(
+    kube: Kube, sub: EventSubscription, keep_kind: str, cache: ChildCache | None
+) -> list[str]:
+    """After a mode switch, the child of the other kind goes.
+
+    With a ``cache``, a child it has not seen is taken as absent: one created
+    later arrives as a watch event, and `child_drifted` sends its parent here again.
+    """
     removed = []
     for api_version, kind in _CHILD_KINDS:
         if kind == keep_kind:
             continue
-        path = object_path(api_version, kind, sub.namespace, builders.child_name(sub))
-        live = kube.get(path)
+        name = builders.child_name(sub)
+        if cache is not None and cache.last_seen(kind, sub.namespace, name) is None:
+            continue
+        path = object_path(api_version, kind, sub.namespace, name)
+        live = kube.get(path)  # the delete names the uid it saw: a live one, not a copy
         if (
             live is not None
             and _is_ours(live, sub)
             and kube.delete(path, uid=live["metadata"]["uid"])
         ):
-            removed.append(f"deleted {kind} {builders.child_name(sub)}")
+            removed.append(f"deleted {kind} {name}")
     return removed
 
 
@@ -202,18 +231,19 @@ def reconcile(
     sub: EventSubscription,
     defaults: builders.ChildDefaults,
     annotations: Mapping[str, str] | None = None,
+    cache: ChildCache | None = None,
 ) -> Outcome:
     outcome = Outcome(child_kind=builders.child_kind(sub), child_name=builders.child_name(sub))
     desired = builders.build_child(sub, defaults)
     try:
-        done = ensure(kube, desired, sub)
+        done = ensure(kube, desired, sub, cache)
     except ChildConflictError as error:
         outcome.ready, outcome.reason, outcome.message = False, "ChildConflict", str(error)
         outcome.warnings.append(("ChildConflict", str(error)))
         return outcome
     if done:
         outcome.actions.append(done)
-    outcome.actions += remove_other_children(kube, sub, desired["kind"])
+    outcome.actions += remove_other_children(kube, sub, desired["kind"], cache)
 
     request = (annotations or {}).get(names.ANNOTATION_RUN_NOW)
     if request is not None:
@@ -265,13 +295,14 @@ def reconcile_and_report(
     defaults: builders.ChildDefaults,
     logger: Logger,
     trigger: str,
+    cache: ChildCache | None = None,
 ) -> None:
     """One reconcile of one subscription, then its Ready condition; Events for problems."""
     started = time.perf_counter()
     sub = subscription_of(body)
     annotations = dict(body.get("metadata", {}).get("annotations") or {})
     try:
-        outcome = reconcile(kube, sub, defaults, annotations)
+        outcome = reconcile(kube, sub, defaults, annotations, cache)
     except ApiError as error:
         metrics.ERRORS.labels(reason=f"api{error.status}").inc()
         metrics.RECONCILES.labels(trigger=trigger, result="error").inc()

@@ -189,3 +189,18 @@ def test_writes_to_the_named_resources_in_a_quiet_window_are_problems() -> None:
         "2 PUT cronjobs while nothing changed",
     ]
     assert checks.resync_write_problems({("GET", "cronjobs"): 9.0}, ("cronjobs",)) == []
+
+
+def test_resync_read_problems_name_child_gets_beyond_the_few_a_stale_copy_needs() -> None:
+    # 200 objects, one period: a GET of each child is 200; two confirmations are allowed.
+    requests = {
+        ("GET", "cronjobs"): 200.0,
+        ("GET", "deployments"): 2.0,
+        ("GET", "secrets"): 200.0,
+        ("LIST", "cronjobs"): 1.0,
+    }
+    problems = checks.resync_read_problems(requests, ("cronjobs", "deployments"), 200)
+    assert problems == [
+        "200 GET cronjobs in a resync of 200 objects (at most 2: the watch cache answers those)"
+    ]
+    assert checks.resync_read_problems({}, ("cronjobs",), 200) == []
