@@ -53,6 +53,16 @@ def make_subscription(api: client.ApiClient, namespace: str, name: str) -> Event
     return EventSubscription.from_body(created)
 
 
+def with_child(
+    api: client.ApiClient, kube: Kube, namespace: str, name: str
+) -> tuple[EventSubscription, dict[str, Any]]:
+    """A subscription, and its CronJob as the builders want it, made with no cache."""
+    sub = make_subscription(api, namespace, name)
+    desired = builders.build_child(sub, DEFAULTS)
+    assert reconcile.ensure(kube, desired, sub, None) == f"created CronJob {sub.name}"
+    return sub, desired
+
+
 def live_cronjob(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     found = apis.batch(api).read_namespaced_cron_job(name, namespace)
     return dict(apis.to_dict(api, found))
@@ -61,9 +71,7 @@ def live_cronjob(api: client.ApiClient, namespace: str, name: str) -> dict[str, 
 def test_a_child_the_cache_has_not_seen_is_found_not_duplicated(
     kube_api: client.ApiClient, kube: Kube, namespace: str
 ) -> None:
-    sub = make_subscription(kube_api, namespace, "unseen")
-    desired = builders.build_child(sub, DEFAULTS)
-    assert reconcile.ensure(kube, desired, sub, None) == f"created CronJob {sub.name}"
+    sub, desired = with_child(kube_api, kube, namespace, "unseen")
     version = live_cronjob(kube_api, namespace, sub.name)["metadata"]["resourceVersion"]
 
     # The watch has not delivered the create yet: the create meets 409, a GET compares.
@@ -76,9 +84,7 @@ def test_a_child_the_cache_has_not_seen_is_found_not_duplicated(
 def test_an_older_copy_never_overwrites_a_newer_child(
     kube_api: client.ApiClient, kube: Kube, namespace: str
 ) -> None:
-    sub = make_subscription(kube_api, namespace, "older-copy")
-    first = builders.build_child(sub, DEFAULTS)
-    reconcile.ensure(kube, first, sub, None)
+    sub, first = with_child(kube_api, kube, namespace, "older-copy")
     old_copy = live_cronjob(kube_api, namespace, sub.name)
 
     # The spec changes and a reconcile brings the child in line; the cache still
@@ -98,9 +104,7 @@ def test_an_older_copy_never_overwrites_a_newer_child(
 def test_a_copy_from_a_former_owner_is_not_a_conflict(
     kube_api: client.ApiClient, kube: Kube, namespace: str
 ) -> None:
-    sub = make_subscription(kube_api, namespace, "former-owner")
-    desired = builders.build_child(sub, DEFAULTS)
-    reconcile.ensure(kube, desired, sub, None)
+    sub, desired = with_child(kube_api, kube, namespace, "former-owner")
     # A copy of the child as it was under a subscription of the same name, since re-created.
     foreign = live_cronjob(kube_api, namespace, sub.name)
     for ref in foreign["metadata"]["ownerReferences"]:
