@@ -110,11 +110,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.resume(*EVSUB, backoff=BACKOFF, registry=registry)
     @kopf.on.update(*EVSUB, backoff=BACKOFF, registry=registry)
     def reconcile_subscription(
-        body: kopf.Body,
-        memo: Any,
-        logger: Logger,
-        reason: str,
-        **kwargs: Any,
+        body: kopf.Body, memo: Any, logger: Logger, reason: str, **kwargs: Any
     ) -> None:
         cache = watched(kwargs)
         reconcile_traced(memo.kube, body, logger, str(reason), cache)
@@ -125,14 +121,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         initial_delay=config.resync_seconds,
         registry=registry,
     )
-    def resync(
-        body: kopf.Body,
-        memo: Any,
-        logger: Logger,
-        **kwargs: Any,
-    ) -> None:
-        """A safety net: Secrets that appeared, a reconcile that failed for good. The
-        children are read from the watches' indexes, as every reconcile reads them."""
+    def resync(body: kopf.Body, memo: Any, logger: Logger, **kwargs: Any) -> None:
+        """A safety net: a Secret that appeared later, a reconcile that failed before.
+
+        It reads the children from the watches' indexes as every reconcile does,
+        so a change to a child reaches the operator through its watch alone."""
         cache = watched(kwargs)
         reconcile_traced(memo.kube, body, logger, "resync", cache)
 
@@ -147,13 +140,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.event("batch", "v1", "cronjobs", labels=CHILD_FILTER, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER, registry=registry)
-    def child_changed(
-        type: str,
-        body: kopf.Body,
-        memo: Any,
-        logger: Logger,
-        **kwargs: Any,
-    ) -> None:
+    def child_changed(type: str, body: kopf.Body, memo: Any, logger: Logger, **kwargs: Any) -> None:
         """Drift correction: a child deleted or edited by hand is put back at once."""
         owner = reconcile.owner_name(body)
         if owner is None or not type:
@@ -171,12 +158,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             reconcile_traced(kube, parent, logger, "drift", cache)
 
     @kopf.on.event("", "v1", "pods", labels=POD_FILTER, registry=registry)
-    def pod_changed(
-        body: kopf.Body,
-        memo: Any,
-        logger: Logger,
-        **kwargs: Any,
-    ) -> None:
+    def pod_changed(body: kopf.Body, memo: Any, logger: Logger, **kwargs: Any) -> None:
         """A finished subscriber pod: its termination message is the run's summary, and
         a run-now that waited for it starts now."""
         observation.observe_pod(memo.kube, body, logger)
