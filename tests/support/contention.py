@@ -1,68 +1,73 @@
-"""How contended the machine's CPUs are, over time, seen by a probe process.
+"""How long processes waited for a CPU, from the kernel's own scheduler accounting.
 
-The probe does a fixed piece of pure CPU work every EVERY_SECONDS and records
-its stretch: wall time over the CPU time it got. On a core of its own the
-stretch is 1; when more processes want to run than there are cores, the probe
-waits for a core like everything else, and its stretch is about the number of
-runnable processes per core. A test that judges latency over time (the soak)
-scales its bound by the stretch, so that another job starting on a shared
-machine is told apart from the system under test slowing down by itself.
+Linux keeps, for every thread, the time it ran on a CPU and the time it sat
+runnable on a run queue waiting for one (``/proc/<pid>/task/<tid>/schedstat``,
+first two fields, nanoseconds). Summed over the processes that serve a request,
+their *stretch* over an interval, (ran + waited) / ran, says how much longer
+their work took than it would have on CPUs of their own. A test that judges
+latency over time (the soak) scales its bound by how that stretch changed, so
+that another job taking the CPUs is told apart from the system under test
+slowing down by itself.
+
+Why not a probe process that times a fixed piece of work (what the soak used
+before): the scheduler wakes a process that mostly sleeps ahead of ones that
+keep running. Beside three busy-looping processes on an otherwise idle 2-core
+machine such a probe's median stretch stayed 1.00; in a soak that three busy
+loops and a disk writer joined after its first third, the probe's median went
+2.32 -> 2.55 while command latency went 13.5 -> 271.8 ms. The processes under
+test see every competitor (docs/benchmarks.md, the soak).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-
-EVERY_SECONDS = 0.05
-WORK_UNIT = 50_000  # additions: ~2 ms on an idle core here, ~4% of one core in all
-
-_PROBE = """
-import sys, time
-unit, every = int(sys.argv[1]), float(sys.argv[2])
-while True:
-    wall, cpu = time.monotonic(), time.process_time()
-    total = 0
-    for n in range(unit):
-        total += n
-    took_wall, took_cpu = time.monotonic() - wall, time.process_time() - cpu
-    print(wall, took_wall / max(took_cpu, 1e-6), flush=True)
-    time.sleep(every)
-"""
 
 
-@dataclass
-class Probe:
-    output: Path
+@dataclass(frozen=True)
+class CpuTime:
+    """Seconds on a CPU and seconds waiting on a run queue, summed over threads."""
 
-    def readings(self, since: float) -> list[tuple[float, float]]:
-        """(seconds since ``since`` (a time.monotonic()), stretch) for each piece of work."""
-        found = []
-        for line in self.output.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:  # a line cut short by the probe's end is left out
-                found.append((float(parts[0]) - since, float(parts[1])))
-        return found
+    ran: float
+    waited: float
+
+    def __sub__(self, earlier: CpuTime) -> CpuTime:
+        return CpuTime(self.ran - earlier.ran, self.waited - earlier.waited)
+
+    def __add__(self, other: CpuTime) -> CpuTime:
+        return CpuTime(self.ran + other.ran, self.waited + other.waited)
+
+    @property
+    def stretch(self) -> float:
+        """(ran + waited) / ran: 1 when every thread had a CPU whenever it could run."""
+        return (self.ran + self.waited) / self.ran if self.ran > 0 else 1.0
 
 
-@contextmanager
-def contention_probe(output: Path) -> Iterator[Probe]:
-    """The probe running (CLOCK_MONOTONIC is one clock for every process on Linux, so
-    its times compare with this process's time.monotonic()); stopped at the end."""
-    with open(output, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _PROBE, str(WORK_UNIT), str(EVERY_SECONDS)], stdout=out
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while not output.read_text() and time.monotonic() < deadline:
-            time.sleep(0.01)  # the interpreter has started and measures
-        yield Probe(output)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def cpu_times(pids: Iterable[int]) -> dict[int, CpuTime]:
+    """Per process of ``pids`` still running: the run and run-queue time of all its
+    threads so far (threads that exited are not counted)."""
+    found = {}
+    for pid in pids:
+        ran = waited = 0
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with (
+                    contextlib.suppress(FileNotFoundError, ProcessLookupError),
+                    open(f"/proc/{pid}/task/{tid}/schedstat") as stats,
+                ):
+                    on_cpu, on_queue, _ = stats.read().split()
+                    ran += int(on_cpu)
+                    waited += int(on_queue)
+            found[pid] = CpuTime(ran / 1e9, waited / 1e9)
+    return found
+
+
+def between(earlier: dict[int, CpuTime], later: dict[int, CpuTime]) -> CpuTime:
+    """What the processes sampled at both ends did in between (one that started or
+    ended in between is left out: its counters do not span the interval)."""
+    total = CpuTime(0.0, 0.0)
+    for pid in earlier.keys() & later.keys():
+        total += later[pid] - earlier[pid]
+    return total
