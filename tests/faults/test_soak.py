@@ -309,15 +309,19 @@ def service_process(base_url: str) -> psutil.Process:
     raise AssertionError(f"no `feedline serve` child process on port {port}")
 
 
-def command_path(service: psutil.Process) -> list[int]:
-    """The processes a command is served by: the service and the PostgreSQL server's
-    processes (when the server is this test's child)."""
-    pids = [service.pid]
+def postgres_processes() -> list[psutil.Process]:
+    """The PostgreSQL server's processes, when the server is this test's child."""
+    found = []
     for process in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             if process.name() == "postgres":
-                pids.append(process.pid)
-    return pids
+                found.append(process)
+    return found
+
+
+def command_path(service: psutil.Process) -> list[int]:
+    """The processes a command is served by: the service and PostgreSQL's."""
+    return [service.pid, *(process.pid for process in postgres_processes())]
 
 
 async def at_least(read_model: str, subscription: str, wanted: int) -> bool:
@@ -333,11 +337,10 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
         times = process.cpu_times()
         used[name] = times.user + times.system
     postgres = 0.0
-    for process in psutil.Process().children(recursive=True):
+    for process in postgres_processes():
         with contextlib.suppress(psutil.Error):
-            if process.name() == "postgres":
-                times = process.cpu_times()
-                postgres += times.user + times.system
+            times = process.cpu_times()
+            postgres += times.user + times.system
     used["postgres"] = postgres
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     used["cronjob"] = children.ru_utime + children.ru_stime
@@ -542,12 +545,12 @@ async def soak(
 
         await wait_until(caught_up, 60, f"every follower at {head}")
 
-        async def rss_taken() -> bool:
+        async def samples_taken() -> bool:
             return len(watched.path) == WINDOWS + 1 and all(
                 len(samples) == WINDOWS for samples in watched.rss.values()
             )
 
-        await wait_until(rss_taken, 10, "each window's RSS")
+        await wait_until(samples_taken, 10, "each window's RSS and scheduler counters")
     finally:
         stop_cron.set()
         stop_watch.set()
@@ -629,12 +632,12 @@ async def test_a_soak_keeps_latency_flat_memory_steady_and_every_read_model_exac
         f"(bound {ms(WORK_FACTOR * first_work)} ms)"
     )
     # Latency flat: commands, and the followers' lag.
-    stretched, stretches, scale = found.contention()
+    first_stretch, last_stretch, scale = found.contention()
     for what, (first, last, bound) in found.flatness().items():
         assert last <= bound, (
             f"{what} grew: the median of the last {FLAT_WINDOWS} windows {ms(last)} ms, "
             f"of the first {FLAT_WINDOWS} {ms(first)} ms (bound {ms(bound)} ms: x {scale:.2f} "
-            f"for the command path's stretch, {stretched:.2f} then {stretches:.2f})"
+            f"for the command path's stretch, {first_stretch:.2f} then {last_stretch:.2f})"
         )
     # Memory steady.
     for name, samples in found.rss.items():
